@@ -1,0 +1,41 @@
+# Muster's two commands, for a fresh Debian machine as root:
+#   make demo   a real cluster of three simulated servers on this machine
+#   make test   go vet and the whole suite, privileged tests included
+# Both install the Debian packages they need first.
+
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+# What the drivers and tests run: liblxc (+ headers for cgo), a static
+# busybox for the offline base image, iproute2 for the simulated servers.
+DEB_PACKAGES := lxc lxc-dev busybox-static iproute2 iputils-ping zstd pkg-config gcc
+TEST_TIMEOUT ?= 25m
+
+.PHONY: deps demo test vet build bench clean
+
+# deps installs the missing Debian packages (as root; otherwise it only
+# reports what is missing).
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (install as root): $$missing"; exit 0; fi; \
+	echo "installing: $$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
+
+build:
+	$(GO) build -o $(BIN)/ ./examples/...
+
+demo: deps build
+	$(BIN)/demo -agent $(BIN)/muster-agent
+
+vet:
+	$(GO) vet ./...
+
+test: deps vet
+	MUSTER_ROOT_TESTS=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+bench: deps
+	MUSTER_ROOT_TESTS=1 $(GO) test -run '^$$' -bench . -benchtime 20x ./drivers/lxc/ ./bench/...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,422 @@
+package container
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/musterkit/muster/container/image"
+	"github.com/musterkit/muster/errcode"
+)
+
+// Cluster is a set of named servers. It lists containers across them and
+// copies or moves containers and images between them. It is safe for
+// concurrent use.
+type Cluster struct {
+	log *slog.Logger
+
+	mu      sync.Mutex
+	servers map[string]*Server
+}
+
+// ClusterOptions configure a Cluster. The zero value is usable.
+type ClusterOptions struct {
+	// Logger receives one record per transfer step; nil discards.
+	Logger *slog.Logger
+}
+
+// NewCluster returns an empty cluster. opts may be nil.
+func NewCluster(opts *ClusterOptions) *Cluster {
+	c := &Cluster{servers: map[string]*Server{}, log: slog.New(slog.DiscardHandler)}
+	if opts != nil && opts.Logger != nil {
+		c.log = opts.Logger
+	}
+	return c
+}
+
+// Add joins a server to the cluster under name, a DNS label.
+func (c *Cluster) Add(name string, s *Server) error {
+	if err := image.ValidName(name); err != nil {
+		return fmt.Errorf("add server %q: %w", name, err)
+	}
+	if s == nil {
+		return errcode.New(errcode.InvalidArgument, "add server %q: nil server", name)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.servers[name]; ok {
+		return errcode.New(errcode.AlreadyExists, "add server %q: a server has that name", name)
+	}
+	c.servers[name] = s
+	return nil
+}
+
+// Remove takes a server out of the cluster and returns it; its containers
+// are untouched.
+func (c *Cluster) Remove(name string) (*Server, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.servers[name]
+	if !ok {
+		return nil, errcode.New(errcode.NotFound, "remove server %q: no such server", name)
+	}
+	delete(c.servers, name)
+	return s, nil
+}
+
+// Server returns the server named name.
+func (c *Cluster) Server(name string) (*Server, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.servers[name]
+	if !ok {
+		return nil, errcode.New(errcode.NotFound, "server %q is not in the cluster", name)
+	}
+	return s, nil
+}
+
+// ServerStatus is a server's health and capacity.
+type ServerStatus struct {
+	Name string
+	// Host is nil when the server did not answer; Err says why.
+	Host    *HostInfo
+	Err     error
+	Latency time.Duration
+}
+
+// Healthy reports whether the server answered.
+func (s ServerStatus) Healthy() bool { return s.Err == nil }
+
+// Servers asks every server, in parallel, for its health and capacity,
+// and returns them sorted by name.
+func (c *Cluster) Servers(ctx context.Context) []ServerStatus {
+	servers := c.snapshot()
+	out := make([]ServerStatus, len(servers))
+	var wg sync.WaitGroup
+	for i, name := range slices.Sorted(maps.Keys(servers)) {
+		wg.Go(func() {
+			began := time.Now()
+			h, err := servers[name].HostInfo(ctx)
+			out[i] = ServerStatus{Name: name, Host: h, Err: err, Latency: time.Since(began)}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// Placement is a container and the server it is on.
+type Placement struct {
+	Server string
+	*Info
+}
+
+// Containers lists the containers of every server, sorted by server then
+// name. Servers that fail are skipped, and their errors joined in err.
+func (c *Cluster) Containers(ctx context.Context) ([]Placement, error) {
+	servers := c.snapshot()
+	names := slices.Sorted(maps.Keys(servers))
+	lists := make([][]*Info, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			lists[i], errs[i] = servers[name].List(ctx)
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("server %q: %w", name, errs[i])
+			}
+		})
+	}
+	wg.Wait()
+	var out []Placement
+	for i, name := range names {
+		for _, info := range lists[i] {
+			out = append(out, Placement{Server: name, Info: info})
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// Find returns the server that holds the container named name.
+// errcode.NotFound if none does.
+func (c *Cluster) Find(ctx context.Context, name string) (Placement, error) {
+	all, err := c.Containers(ctx)
+	for _, p := range all {
+		if p.Spec.Name == name {
+			return p, nil
+		}
+	}
+	return Placement{}, errors.Join(errcode.New(errcode.NotFound, "container %q is on no server", name), err)
+}
+
+func (c *Cluster) snapshot() map[string]*Server {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.servers)
+}
+
+// CopyImage copies an image from one server's store to another's unless
+// the target already holds it.
+func (c *Cluster) CopyImage(ctx context.Context, ref, from, to string) (*image.Manifest, error) {
+	src, dst, err := c.pair(from, to)
+	if err != nil {
+		return nil, fmt.Errorf("copy image %q: %w", ref, err)
+	}
+	m, err := src.Image(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if have, err := dst.Image(ctx, m.Digest); err == nil && have.Name == m.Name {
+		return have, nil
+	}
+	m, blob, err := src.OpenImage(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	defer blob.Close()
+	return dst.PutImage(ctx, m, blob)
+}
+
+func (c *Cluster) pair(from, to string) (*Server, *Server, error) {
+	if from == to {
+		return nil, nil, errcode.New(errcode.InvalidArgument, "source and target are both server %q", from)
+	}
+	src, err := c.Server(from)
+	if err != nil {
+		return nil, nil, err
+	}
+	dst, err := c.Server(to)
+	return src, dst, err
+}
+
+// Phase is a step of a container transfer.
+type Phase string
+
+// The phases of a transfer, in order; a failed transfer ends with
+// PhaseRollback.
+const (
+	PhaseStop     Phase = "stop"     // stopping the source container
+	PhaseTransfer Phase = "transfer" // streaming it to the target
+	PhaseStart    Phase = "start"    // starting it on the target
+	PhaseCleanup  Phase = "cleanup"  // deleting the source (Move only)
+	PhaseDone     Phase = "done"
+	PhaseRollback Phase = "rollback" // undoing a failed transfer
+)
+
+// Event reports a transfer's progress.
+type Event struct {
+	Container string
+	From, To  string
+	Phase     Phase
+	// Bytes is how many archive bytes have reached the target so far.
+	Bytes int64
+	Err   error // set on PhaseRollback
+}
+
+// TransferOptions configure Copy and Move. The zero value is usable.
+type TransferOptions struct {
+	// Rename gives the container a new name on the target.
+	Rename string
+	// StopTimeout bounds the graceful stop of a running source
+	// (DefaultStopTimeout if zero).
+	StopTimeout time.Duration
+	// Progress receives events from the transferring goroutine; it must
+	// not block for long.
+	Progress func(Event)
+}
+
+// Copy puts a copy of a container on another server, leaving the source
+// in place: a running source is stopped for the transfer and started again
+// after, and the copy is started if the source was running. On any failure
+// the target is cleaned up and the source is left as it was.
+func (c *Cluster) Copy(ctx context.Context, name, from, to string, opts *TransferOptions) (*Info, error) {
+	return c.transfer(ctx, name, from, to, opts, false)
+}
+
+// Move moves a container to another server: stop, stream, import, start
+// on the target if it was running, then delete the source. On any failure
+// the target is cleaned up and the source is restored as it was, running
+// if it ran.
+func (c *Cluster) Move(ctx context.Context, name, from, to string, opts *TransferOptions) (*Info, error) {
+	return c.transfer(ctx, name, from, to, opts, true)
+}
+
+func (c *Cluster) transfer(ctx context.Context, name, from, to string, opts *TransferOptions, move bool) (info *Info, err error) {
+	op := "copy"
+	if move {
+		op = "move"
+	}
+	var o TransferOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Rename != "" {
+		if err := image.ValidName(o.Rename); err != nil {
+			return nil, fmt.Errorf("%s container %q: %w", op, name, err)
+		}
+	}
+	src, dst, err := c.pair(from, to)
+	if err != nil {
+		return nil, fmt.Errorf("%s container %q: %w", op, name, err)
+	}
+	t := &transfer{c: c, name: name, from: from, to: to, src: src, dst: dst, opts: o}
+	info, err = t.run(ctx, move)
+	if err != nil {
+		return nil, fmt.Errorf("%s container %q from %q to %q: %w", op, name, from, to, err)
+	}
+	return info, nil
+}
+
+// transfer is one Copy or Move in progress.
+type transfer struct {
+	c              *Cluster
+	name, from, to string
+	src, dst       *Server
+	opts           TransferOptions
+	bytes          atomic.Int64 // archive bytes read by the target
+}
+
+func (t *transfer) emit(phase Phase, err error) {
+	n := t.bytes.Load()
+	t.c.log.Info("container transfer", "container", t.name, "from", t.from, "to", t.to, "phase", phase, "bytes", n, "err", err)
+	if t.opts.Progress != nil {
+		t.opts.Progress(Event{Container: t.name, From: t.from, To: t.to, Phase: phase, Bytes: n, Err: err})
+	}
+}
+
+func (t *transfer) run(ctx context.Context, move bool) (_ *Info, err error) {
+	before, err := t.src.Get(ctx, t.name)
+	if err != nil {
+		return nil, err
+	}
+	if before.State == Frozen {
+		return nil, errcode.New(errcode.FailedPrecondition, "container is frozen; unfreeze it first")
+	}
+	wasRunning := before.State == Running
+	target := t.name
+	if t.opts.Rename != "" {
+		target = t.opts.Rename
+	}
+	if _, err := t.dst.Get(ctx, target); err == nil {
+		return nil, errcode.New(errcode.AlreadyExists, "the target already has a container %q", target)
+	} else if !errors.Is(err, errcode.NotFound) {
+		return nil, err
+	}
+
+	// Once streaming began the target may hold a partial or complete
+	// copy; the import itself guarantees nothing half-created, and the
+	// rollback deletes a complete one.
+	streamed := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		t.emit(PhaseRollback, err)
+		// Undo with a context of its own: ctx may be what failed.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if streamed {
+			if e := t.dst.Stop(rctx, target, t.opts.StopTimeout); e != nil && !errors.Is(e, errcode.NotFound) {
+				err = errors.Join(err, fmt.Errorf("rollback: %w", e))
+			}
+			if e := t.dst.Delete(rctx, target); e != nil && !errors.Is(e, errcode.NotFound) {
+				err = errors.Join(err, fmt.Errorf("rollback: %w", e))
+			}
+		}
+		if wasRunning {
+			if info, e := t.src.Get(rctx, t.name); e == nil && info.State == Stopped {
+				if e := t.src.Start(rctx, t.name); e != nil {
+					err = errors.Join(err, fmt.Errorf("rollback: restart source: %w", e))
+				}
+			}
+		}
+	}()
+
+	if wasRunning {
+		t.emit(PhaseStop, nil)
+		if err := t.src.Stop(ctx, t.name, t.opts.StopTimeout); err != nil {
+			return nil, err
+		}
+	}
+	t.emit(PhaseTransfer, nil)
+	streamed = true
+	if err := t.stream(ctx, target); err != nil {
+		return nil, err
+	}
+	if wasRunning {
+		t.emit(PhaseStart, nil)
+		if err := t.dst.Start(ctx, target); err != nil {
+			return nil, err
+		}
+	}
+	if move {
+		t.emit(PhaseCleanup, nil)
+		if err := t.src.Delete(ctx, t.name); err != nil {
+			return nil, err
+		}
+		wasRunning = false // the source is gone by design; nothing to restart
+	} else if wasRunning {
+		if err := t.src.Start(ctx, t.name); err != nil {
+			return nil, fmt.Errorf("restart source: %w", err)
+		}
+	}
+	info, err := t.dst.Get(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	t.emit(PhaseDone, nil)
+	return info, nil
+}
+
+// stream pipes the source's export into the target's import. A failure on
+// either side cancels the other.
+func (t *transfer) stream(ctx context.Context, target string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	exported := make(chan error, 1)
+	go func() {
+		err := t.src.Export(ctx, t.name, pw)
+		pw.CloseWithError(err) // nil closes cleanly: the importer sees EOF
+		if err != nil {
+			cancel()
+		}
+		exported <- err
+	}()
+	_, err := t.dst.Import(ctx, &countingReader{r: pr, t: t}, renameTo(t.name, target))
+	pr.CloseWithError(errors.New("import ended")) // unblock the exporter
+	if err != nil {
+		cancel()
+	}
+	return errors.Join(<-exported, err)
+}
+
+func renameTo(name, target string) string {
+	if target == name {
+		return ""
+	}
+	return target
+}
+
+// countingReader reports transfer progress about every 4 MiB.
+type countingReader struct {
+	r        io.Reader
+	t        *transfer
+	reported int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	total := c.t.bytes.Add(int64(n))
+	if total-c.reported >= 4<<20 || (err == io.EOF && total != c.reported) {
+		c.reported = total
+		c.t.emit(PhaseTransfer, nil)
+	}
+	return n, err
+}

@@ -1,0 +1,267 @@
+package container_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/musterkit/muster/container"
+	"github.com/musterkit/muster/container/driver"
+	"github.com/musterkit/muster/container/image"
+	"github.com/musterkit/muster/container/memcontainer"
+	"github.com/musterkit/muster/errcode"
+)
+
+var (
+	baseManifest *image.Manifest
+	baseBlob     []byte
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "container-test-")
+	if err == nil {
+		err = buildBase(dir)
+		os.RemoveAll(dir)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "building the base image:", err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+func buildBase(dir string) error {
+	ctx := context.Background()
+	store, err := image.OpenStore(dir)
+	if err != nil {
+		return err
+	}
+	if _, err := image.BuildBase(ctx, store, "base", nil); err != nil {
+		return err
+	}
+	m, rc, err := store.Open(ctx, "base")
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	baseManifest = m
+	baseBlob, err = io.ReadAll(rc)
+	return err
+}
+
+// failingImport fails every Import after reading limit bytes of the stream,
+// as a target that dies mid-transfer does.
+type failingImport struct {
+	*memcontainer.Driver
+	limit int64
+}
+
+func (f failingImport) Import(ctx context.Context, r io.Reader, rename string) (*driver.Info, error) {
+	n, _ := io.Copy(io.Discard, io.LimitReader(r, f.limit))
+	return nil, errcode.New(errcode.Unavailable, "target died after %d bytes", n)
+}
+
+// newCluster returns a cluster of memory servers a, b and c (c fails
+// imports), with the base image on a, and a running container "web"
+// holding /root/data on a.
+func newCluster(t *testing.T) (*container.Cluster, []byte) {
+	t.Helper()
+	ctx := context.Background()
+	cl := container.NewCluster(nil)
+	for _, name := range []string{"a", "b", "c"} {
+		var d driver.Driver = memcontainer.New(&memcontainer.Options{Hostname: name})
+		if name == "c" {
+			d = failingImport{memcontainer.New(nil), 64 << 10}
+		}
+		if err := cl.Add(name, container.NewServer(d, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, _ := cl.Server("a")
+	if _, err := a.PutImage(ctx, baseManifest, bytes.NewReader(baseBlob)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Create(ctx, &container.Spec{Name: "web", Image: "base"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("muster!\n"), 1<<18) // 2 MiB
+	if _, err := a.Exec(ctx, "web", &container.Process{Args: []string{"tee", "/root/data"}, Stdin: bytes.NewReader(data)}); err != nil {
+		t.Fatal(err)
+	}
+	return cl, data
+}
+
+func readData(t *testing.T, s *container.Server, name string) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	if code, err := s.Exec(context.Background(), name, &container.Process{Args: []string{"cat", "/root/data"}, Stdout: &out}); err != nil || code != 0 {
+		t.Fatalf("cat /root/data in %s: exit %d, %v", name, code, err)
+	}
+	return out.Bytes()
+}
+
+func TestMoveKeepsFilesAndReportsProgress(t *testing.T) {
+	ctx := context.Background()
+	cl, data := newCluster(t)
+	var phases []container.Phase
+	var lastBytes int64
+	info, err := cl.Move(ctx, "web", "a", "b", &container.TransferOptions{Progress: func(e container.Event) {
+		if len(phases) == 0 || phases[len(phases)-1] != e.Phase {
+			phases = append(phases, e.Phase)
+		}
+		lastBytes = e.Bytes
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != container.Running {
+		t.Fatalf("moved container is %s, want running", info.State)
+	}
+	want := []container.Phase{container.PhaseStop, container.PhaseTransfer, container.PhaseStart, container.PhaseCleanup, container.PhaseDone}
+	if !slices.Equal(phases, want) {
+		t.Fatalf("phases %v, want %v", phases, want)
+	}
+	if lastBytes <= 0 {
+		t.Fatal("progress reported no bytes")
+	}
+	b, _ := cl.Server("b")
+	if !bytes.Equal(readData(t, b, "web"), data) {
+		t.Fatal("moved container's file differs")
+	}
+	a, _ := cl.Server("a")
+	if _, err := a.Get(ctx, "web"); !errors.Is(err, errcode.NotFound) {
+		t.Fatalf("source still there after a move: %v", err)
+	}
+	p, err := cl.Find(ctx, "web")
+	if err != nil || p.Server != "b" {
+		t.Fatalf("Find = %+v, %v", p, err)
+	}
+}
+
+func TestMoveToFailingTargetLeavesSourceRunning(t *testing.T) {
+	ctx := context.Background()
+	cl, data := newCluster(t)
+	var rolledBack bool
+	_, err := cl.Move(ctx, "web", "a", "c", &container.TransferOptions{Progress: func(e container.Event) {
+		rolledBack = rolledBack || e.Phase == container.PhaseRollback
+	}})
+	if !errors.Is(err, errcode.Unavailable) || !strings.Contains(err.Error(), "target died") {
+		t.Fatalf("Move to a failing target: %v", err)
+	}
+	if !rolledBack {
+		t.Fatal("no rollback event")
+	}
+	a, _ := cl.Server("a")
+	info, err := a.Get(ctx, "web")
+	if err != nil || info.State != container.Running {
+		t.Fatalf("source after failed move: %+v, %v; want running", info, err)
+	}
+	if !bytes.Equal(readData(t, a, "web"), data) {
+		t.Fatal("source's file changed")
+	}
+	c, _ := cl.Server("c")
+	if list, _ := c.List(ctx); len(list) != 0 {
+		t.Fatalf("target kept %d containers", len(list))
+	}
+}
+
+func TestCopyKeepsSourceAndRenames(t *testing.T) {
+	ctx := context.Background()
+	cl, data := newCluster(t)
+	info, err := cl.Copy(ctx, "web", "a", "b", &container.TransferOptions{Rename: "web-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Spec.Name != "web-2" || info.State != container.Running {
+		t.Fatalf("copy: %+v", info)
+	}
+	a, _ := cl.Server("a")
+	b, _ := cl.Server("b")
+	if st, _ := a.Get(ctx, "web"); st == nil || st.State != container.Running {
+		t.Fatal("source not running after copy")
+	}
+	if !bytes.Equal(readData(t, b, "web-2"), data) {
+		t.Fatal("copy's file differs")
+	}
+	all, err := cl.Containers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var where []string
+	for _, p := range all {
+		where = append(where, p.Server+"/"+p.Spec.Name)
+	}
+	if !slices.Equal(where, []string{"a/web", "b/web-2"}) {
+		t.Fatalf("Containers = %v", where)
+	}
+}
+
+func TestTransferRejects(t *testing.T) {
+	ctx := context.Background()
+	cl, _ := newCluster(t)
+	cases := []struct {
+		name, ctr, from, to string
+		opts                *container.TransferOptions
+		code                errcode.Code
+	}{
+		{"same server", "web", "a", "a", nil, errcode.InvalidArgument},
+		{"unknown server", "web", "a", "zz", nil, errcode.NotFound},
+		{"unknown container", "nope", "a", "b", nil, errcode.NotFound},
+		{"bad rename", "web", "a", "b", &container.TransferOptions{Rename: "Bad/Name"}, errcode.InvalidArgument},
+	}
+	for _, c := range cases {
+		if _, err := cl.Move(ctx, c.ctr, c.from, c.to, c.opts); !errors.Is(err, c.code) {
+			t.Errorf("%s: %v, want %v", c.name, err, c.code)
+		}
+	}
+	b, _ := cl.Server("b")
+	if _, err := b.Create(ctx, &container.Spec{Name: "web", Image: "base"}); !errors.Is(err, errcode.NotFound) {
+		t.Fatalf("b has no image yet, create: %v", err)
+	}
+	if _, err := cl.CopyImage(ctx, "base", "a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Create(ctx, &container.Spec{Name: "web", Image: "base"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Move(ctx, "web", "a", "b", nil); !errors.Is(err, errcode.AlreadyExists) {
+		t.Fatalf("move onto an existing name: %v", err)
+	}
+	a, _ := cl.Server("a")
+	if info, _ := a.Get(ctx, "web"); info == nil || info.State != container.Running {
+		t.Fatal("a refused move touched the source")
+	}
+}
+
+func TestClusterServers(t *testing.T) {
+	ctx := context.Background()
+	cl, _ := newCluster(t)
+	if err := cl.Add("a", container.NewServer(memcontainer.New(nil), nil)); !errors.Is(err, errcode.AlreadyExists) {
+		t.Fatalf("duplicate Add: %v", err)
+	}
+	if err := cl.Add("Not_A_Label", container.NewServer(memcontainer.New(nil), nil)); !errors.Is(err, errcode.InvalidArgument) {
+		t.Fatalf("invalid Add: %v", err)
+	}
+	st := cl.Servers(ctx)
+	if len(st) != 3 || st[0].Name != "a" || !st[0].Healthy() || st[0].Host.Running != 1 || st[0].Host.Hostname != "a" {
+		t.Fatalf("Servers = %+v", st)
+	}
+	if _, err := cl.Remove("c"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Remove("c"); !errors.Is(err, errcode.NotFound) {
+		t.Fatalf("second Remove: %v", err)
+	}
+	if len(cl.Servers(ctx)) != 2 {
+		t.Fatal("Remove kept the server")
+	}
+}
