@@ -1,0 +1,62 @@
+package image_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+
+	"github.com/musterkit/muster/container/image"
+)
+
+func ExampleReadArchive() {
+	ctx := context.Background()
+	work, err := os.MkdirTemp("", "example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(work)
+	src := filepath.Join(work, "src")
+	os.MkdirAll(filepath.Join(src, "etc"), 0o755)
+	os.WriteFile(filepath.Join(src, "etc/motd"), []byte("hello\n"), 0o644)
+	os.Symlink("etc/motd", filepath.Join(src, "motd"))
+
+	var archive bytes.Buffer
+	if err := image.WriteArchive(ctx, &archive, src, []byte(`{"name":"demo"}`), nil); err != nil {
+		log.Fatal(err)
+	}
+	dst := filepath.Join(work, "dst")
+	meta, err := image.ReadArchive(ctx, &archive, dst, image.DefaultLimits(), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	motd, _ := os.ReadFile(filepath.Join(dst, "motd"))
+	fmt.Printf("meta %s, motd %q\n", meta, motd)
+	// Output: meta {"name":"demo"}, motd "hello\n"
+}
+
+func ExampleStore() {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "store")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	s, err := image.OpenStore(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	base, err := image.BuildBase(ctx, s, "base", nil) // needs Debian's busybox-static
+	if err != nil {
+		log.Fatal(err)
+	}
+	rootfs := filepath.Join(dir, "rootfs")
+	if _, err := s.Unpack(ctx, base.Digest, rootfs); err != nil {
+		log.Fatal(err)
+	}
+	target, _ := os.Readlink(filepath.Join(rootfs, "sbin/init"))
+	fmt.Println(base.Name, "sbin/init ->", target)
+	// Output: base sbin/init -> ../bin/busybox
+}

@@ -1,0 +1,109 @@
+package image
+
+import (
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/musterkit/muster/errcode"
+)
+
+// Manifest describes an image: a named, content-addressed archive blob.
+type Manifest struct {
+	// Name is a DNS label (see ValidName).
+	Name string `json:"name"`
+	// Digest is "sha256:<64 lowercase hex>" of the blob, the compressed
+	// archive bytes.
+	Digest string `json:"digest"`
+	// Size is the blob's length in bytes.
+	Size int64 `json:"size"`
+	// Created is when the image was built.
+	Created time.Time `json:"created"`
+	// Arch is the GOARCH the image's binaries run on.
+	Arch string `json:"arch"`
+	// Labels are free annotations. Keys are 1-128 characters of
+	// [A-Za-z0-9._/-] starting with a letter or digit; values are at most
+	// 1024 bytes of printable UTF-8.
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Validate returns an error with code errcode.InvalidArgument if the name,
+// digest, size, arch or labels are malformed.
+func (m *Manifest) Validate() error {
+	return m.validate(true)
+}
+
+// validate is Validate; with requireDigest false an empty Digest passes,
+// for a manifest whose blob has not been hashed yet.
+func (m *Manifest) validate(requireDigest bool) error {
+	if err := ValidName(m.Name); err != nil {
+		return err
+	}
+	if m.Digest != "" || requireDigest {
+		if err := validDigest(m.Digest); err != nil {
+			return errcode.New(errcode.InvalidArgument, "image %s: %w", m.Name, err)
+		}
+	}
+	if m.Size < 0 {
+		return errcode.New(errcode.InvalidArgument, "image %s: negative size %d", m.Name, m.Size)
+	}
+	if m.Arch == "" || len(m.Arch) > 32 || strings.TrimFunc(m.Arch, isLowerAlnum) != "" {
+		return errcode.New(errcode.InvalidArgument, "image %s: arch %q is not a GOARCH value", m.Name, m.Arch)
+	}
+	for k, v := range m.Labels {
+		if err := validLabel(k, v); err != nil {
+			return errcode.New(errcode.InvalidArgument, "image %s: %w", m.Name, err)
+		}
+	}
+	return nil
+}
+
+// ValidName returns nil if s is an RFC 1123 DNS label: 1 to 63 characters
+// of lowercase letters, digits and '-', neither starting nor ending with
+// '-'. Otherwise the error has code errcode.InvalidArgument. Image and
+// container names follow this rule, so they are safe in file names, host
+// names and command lines.
+func ValidName(s string) error {
+	if s == "" {
+		return errcode.New(errcode.InvalidArgument, "name is empty")
+	}
+	if len(s) > 63 {
+		return errcode.New(errcode.InvalidArgument, "name %.20q... is %d bytes long; the limit is 63", s, len(s))
+	}
+	for _, c := range s {
+		if c != '-' && !isLowerAlnum(c) {
+			return errcode.New(errcode.InvalidArgument, "name %q contains %q; use lowercase letters a-z, digits and '-'", s, c)
+		}
+	}
+	if s[0] == '-' || s[len(s)-1] == '-' {
+		return errcode.New(errcode.InvalidArgument, "name %q starts or ends with '-'", s)
+	}
+	return nil
+}
+
+func isLowerAlnum(c rune) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }
+
+// validDigest checks the form "sha256:<64 lowercase hex>".
+func validDigest(d string) error {
+	hex, ok := strings.CutPrefix(d, "sha256:")
+	if !ok || len(hex) != 64 || strings.TrimFunc(hex, isLowerHex) != "" {
+		return errcode.New(errcode.InvalidArgument, "digest %.80q is not of the form sha256:<64 lowercase hex digits>", d)
+	}
+	return nil
+}
+
+func isLowerHex(c rune) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' }
+
+func validLabel(k, v string) error {
+	keyChar := func(c rune) bool {
+		return isLowerAlnum(c) || 'A' <= c && c <= 'Z' || strings.ContainsRune("._/-", c)
+	}
+	if k == "" || len(k) > 128 || strings.TrimFunc(k, keyChar) != "" || !isLowerAlnum(unicode.ToLower(rune(k[0]))) {
+		return errcode.New(errcode.InvalidArgument, "label key %.140q: use 1-128 characters of [A-Za-z0-9._/-] starting with a letter or digit", k)
+	}
+	if len(v) > 1024 || !utf8.ValidString(v) || strings.IndexFunc(v, unicode.IsControl) >= 0 {
+		return errcode.New(errcode.InvalidArgument, "label %s: value must be at most 1024 bytes of printable UTF-8", k)
+	}
+	return nil
+}

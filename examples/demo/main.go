@@ -1,0 +1,239 @@
+// Command demo runs Muster's main job on one machine. As root it builds
+// three simulated servers (network namespaces), runs a real muster-agent
+// with the LXC driver on each, joins them to a cluster with one-time
+// tokens, builds the offline busybox base image and distributes it,
+// creates and starts containers across the servers, execs in one, moves a
+// running container to another server, prints a cluster-wide table, and
+// cleans everything up. Without root it says what it needs and runs the
+// same flow on in-memory servers.
+//
+//	demo -agent bin/muster-agent
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"maps"
+	"net/netip"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/musterkit/muster/container"
+	"github.com/musterkit/muster/container/image"
+	"github.com/musterkit/muster/container/memcontainer"
+	"github.com/musterkit/muster/internal/fleet"
+	"github.com/musterkit/muster/internal/testhost"
+)
+
+func main() {
+	agentBin := flag.String("agent", "bin/muster-agent", "the muster-agent program the servers run")
+	flag.Parse()
+	log.SetFlags(0)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *agentBin); err != nil {
+		log.Fatal("demo failed: ", err)
+	}
+}
+
+func run(ctx context.Context, agentBin string) error {
+	cluster, cleanup, err := servers(ctx, agentBin)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		step("cleaning up: containers, agents, namespaces")
+		if err := cleanup(); err != nil {
+			log.Print("cleanup: ", err)
+		}
+	}()
+	return flow(ctx, cluster)
+}
+
+// servers returns three servers: real ones as root, in-memory otherwise.
+func servers(ctx context.Context, agentBin string) (*container.Cluster, func() error, error) {
+	if os.Geteuid() != 0 {
+		fmt.Println("Not root: the real demo needs root (network namespaces, LXC containers) and the")
+		fmt.Println("Debian packages lxc, lxc-dev, busybox-static and iproute2 (make demo installs them).")
+		fmt.Println("Running the same flow on three in-memory servers instead.")
+		cl := container.NewCluster(nil)
+		for _, name := range []string{"s0", "s1", "s2"} {
+			d := memcontainer.New(&memcontainer.Options{Hostname: name, Bridges: []string{fleet.Bridge}})
+			cl.Add(name, container.NewServer(d, nil))
+		}
+		return cl, func() error { return nil }, nil
+	}
+	if _, err := os.Stat(agentBin); err != nil {
+		return nil, nil, fmt.Errorf("the agent program: %w (run make demo, or go build -o bin/ ./examples/...)", err)
+	}
+	if err := testhost.Sweep(); err != nil {
+		log.Print("sweeping leftovers of earlier runs: ", err)
+	}
+	step("starting 3 simulated servers, each a network namespace running muster-agent (LXC driver)")
+	agentLog, err := os.CreateTemp("", "muster-demo-agents-*.log")
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := fleet.Start(ctx, 3, fleet.Options{AgentBinary: agentBin, AgentLog: agentLog})
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, s := range f.Servers {
+		fmt.Printf("  %s  namespace %-14s agent https://%s (joined with a one-time token)\n", s.Name, s.Host.Netns, s.Addr)
+	}
+	fmt.Printf("  agents log to %s\n", agentLog.Name())
+	return f.Cluster, f.Close, nil
+}
+
+func flow(ctx context.Context, cl *container.Cluster) error {
+	step("building the base image offline from Debian's busybox-static")
+	dir, err := os.MkdirTemp("", "muster-demo-images-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	store, err := image.OpenStore(dir)
+	if err != nil {
+		return err
+	}
+	base, err := image.BuildBase(ctx, store, "base", nil)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  base  %s  %.1f MiB\n", base.Digest[:19], float64(base.Size)/(1<<20))
+
+	step("distributing the image to every server")
+	for _, s := range cl.Servers(ctx) {
+		srv, _ := cl.Server(s.Name)
+		if err := putImage(ctx, store, srv, s.Name); err != nil {
+			return err
+		}
+	}
+
+	step("creating and starting containers across the servers")
+	placements := []struct{ name, server, addr string }{
+		{"web-1", "s0", "198.19.0.11/24"},
+		{"web-2", "s1", "198.19.0.12/24"},
+		{"db", "s2", "198.19.0.13/24"},
+	}
+	for _, p := range placements {
+		srv, err := cl.Server(p.server)
+		if err != nil {
+			return err
+		}
+		began := time.Now()
+		_, err = srv.Create(ctx, &container.Spec{
+			Name:     p.name,
+			Image:    "base",
+			Limits:   container.Limits{MemoryBytes: 64 << 20, MilliCPU: 500, Pids: 100},
+			Networks: []container.Network{{Bridge: fleet.Bridge, Address: netip.MustParsePrefix(p.addr)}},
+			Labels:   map[string]string{"app": strings.TrimRight(p.name, "-0123456789")},
+		})
+		if err != nil {
+			return err
+		}
+		if err := srv.Start(ctx, p.name); err != nil {
+			return err
+		}
+		fmt.Printf("  %-6s on %s  %s  created and started in %v\n", p.name, p.server, p.addr, time.Since(began).Round(time.Millisecond))
+	}
+
+	step("exec in web-1: write a file, read the hostname")
+	s0, _ := cl.Server("s0")
+	if err := exec(ctx, s0, "web-1", "state written on s0\n", "tee", "/root/state"); err != nil {
+		return err
+	}
+	if err := exec(ctx, s0, "web-1", "", "hostname"); err != nil {
+		return err
+	}
+	if err := table(ctx, cl); err != nil {
+		return err
+	}
+
+	step("moving web-1 from s0 to s1 while it runs (stop, stream, import, start)")
+	bar := progressbar.DefaultBytes(-1, "  web-1 s0 -> s1")
+	_, err = cl.Move(ctx, "web-1", "s0", "s1", &container.TransferOptions{Progress: func(e container.Event) {
+		bar.Describe(fmt.Sprintf("  web-1 s0 -> s1: %-8s", e.Phase))
+		bar.Set64(e.Bytes)
+	}})
+	bar.Finish()
+	fmt.Println()
+	if err != nil {
+		return err
+	}
+	s1, _ := cl.Server("s1")
+	step("web-1 on s1 still has its file")
+	if err := exec(ctx, s1, "web-1", "", "cat", "/root/state"); err != nil {
+		return err
+	}
+	return table(ctx, cl)
+}
+
+func putImage(ctx context.Context, store *image.Store, srv *container.Server, name string) error {
+	m, blob, err := store.Open(ctx, "base")
+	if err != nil {
+		return err
+	}
+	defer blob.Close()
+	bar := progressbar.DefaultBytes(m.Size, "  base -> "+name)
+	_, err = srv.PutImage(ctx, m, io.TeeReader(blob, bar))
+	bar.Finish()
+	return err
+}
+
+func exec(ctx context.Context, srv *container.Server, name, stdin string, args ...string) error {
+	fmt.Printf("  $ %s\n", strings.Join(args, " "))
+	var out strings.Builder
+	code, err := srv.Exec(ctx, name, &container.Process{Args: args, Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &out})
+	if err != nil {
+		return err
+	}
+	for line := range strings.Lines(out.String()) {
+		fmt.Print("    ", line)
+	}
+	if code != 0 {
+		return fmt.Errorf("%s exited %d", args[0], code)
+	}
+	return nil
+}
+
+// table prints every container of the cluster, and the servers.
+func table(ctx context.Context, cl *container.Cluster) error {
+	step("cluster-wide view")
+	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "  SERVER\tHEALTH\tCPUS\tMEMORY FREE\tCONTAINERS\tRUNNING\tLATENCY")
+	for _, s := range cl.Servers(ctx) {
+		if !s.Healthy() {
+			fmt.Fprintf(w, "  %s\tdown: %v\t\t\t\t\t\n", s.Name, s.Err)
+			continue
+		}
+		h := s.Host
+		fmt.Fprintf(w, "  %s\tok\t%d\t%.1f GiB\t%d\t%d\t%v\n", s.Name, h.CPUs, float64(h.MemoryFree)/(1<<30), h.Containers, h.Running, s.Latency.Round(time.Microsecond))
+	}
+	w.Flush()
+	fmt.Println()
+	all, err := cl.Containers(ctx)
+	fmt.Fprintln(w, "  CONTAINER\tSERVER\tSTATE\tPID\tADDRESSES\tMEMORY\tCPU\tLABELS")
+	for _, p := range all {
+		var labels []string
+		for _, k := range slices.Sorted(maps.Keys(p.Spec.Labels)) {
+			labels = append(labels, k+"="+p.Spec.Labels[k])
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%d\t%v\t%.1f MiB\t%v\t%s\n", p.Spec.Name, p.Server, p.State, p.PID,
+			p.Addresses, float64(p.Usage.MemoryBytes)/(1<<20), p.Usage.CPU.Round(time.Millisecond), strings.Join(labels, ","))
+	}
+	w.Flush()
+	return err
+}
+
+func step(msg string) { fmt.Printf("\n== %s\n", msg) }

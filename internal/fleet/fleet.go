@@ -1,0 +1,285 @@
+// Package fleet starts a cluster of simulated servers on one machine, each a
+// network namespace (internal/testhost) running a real muster-agent process
+// that joined the cluster with a one-time token, and returns a
+// container.Cluster of agent clients. The demo, the end-to-end tests and
+// the benchmarks use it. It needs root, iproute2 and, for the lxc driver,
+// LXC.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/musterkit/muster/agent"
+	"github.com/musterkit/muster/container"
+	"github.com/musterkit/muster/internal/testhost"
+)
+
+// AgentPort is the port every agent serves on, at its server's address.
+const AgentPort = 7444
+
+// Bridge is the bridge every server has for its containers, holding
+// BridgeAddr. Every server's bridge has the same subnet, so a container
+// keeps its address when it moves.
+const Bridge = "br0"
+
+// BridgeAddr is the bridge's address and the containers' subnet.
+var BridgeAddr = netip.MustParsePrefix("198.19.0.1/24")
+
+// Options configure Start.
+type Options struct {
+	// AgentBinary is the muster-agent program to run.
+	AgentBinary string
+	// Driver is the agents' container driver: "lxc" (default) or "memory".
+	Driver string
+	// AgentLog receives the agents' logs; nil discards them.
+	AgentLog io.Writer
+}
+
+// Fleet is a running cluster of simulated servers.
+type Fleet struct {
+	Hosts   *testhost.Cluster
+	Cluster *container.Cluster
+	Servers []*Server
+
+	dir   string
+	opts  Options
+	creds *agent.Credentials // the orchestrator's client credentials
+	stop  context.CancelFunc // stops the join server
+	done  chan error
+}
+
+// Server is one simulated server and its agent.
+type Server struct {
+	Name string
+	Host *testhost.Host
+	Dir  string // the agent's state directory
+	Addr string // the agent's host:port
+	// Client is the orchestrator's connection to the agent.
+	Client *agent.Client
+
+	fleet *Fleet
+	cmd   *exec.Cmd
+	exit  chan error
+}
+
+// Start builds n servers named s0, s1, ... and starts their agents.
+func Start(ctx context.Context, n int, opts Options) (f *Fleet, err error) {
+	if opts.Driver == "" {
+		opts.Driver = "lxc"
+	}
+	dir, err := os.MkdirTemp("", "muster-fleet-")
+	if err != nil {
+		return nil, err
+	}
+	f = &Fleet{dir: dir, opts: opts, Cluster: container.NewCluster(nil), done: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, f.Close())
+		}
+	}()
+	if f.Hosts, err = testhost.Build(ctx, n, nil); err != nil {
+		return f, err
+	}
+	ca, err := agent.NewCA("muster-fleet", nil)
+	if err != nil {
+		return f, err
+	}
+	if f.creds, err = ca.Issue("orchestrator", nil, 24*time.Hour, agent.UsageClient); err != nil {
+		return f, err
+	}
+	joinCreds, err := ca.Issue("join", []netip.Addr{f.Hosts.RootAddr}, 24*time.Hour, agent.UsageServer)
+	if err != nil {
+		return f, err
+	}
+	l, err := net.Listen("tcp", netip.AddrPortFrom(f.Hosts.RootAddr, 0).String())
+	if err != nil {
+		return f, err
+	}
+	authority := agent.NewAuthority(ca, nil)
+	jctx, stop := context.WithCancel(context.Background())
+	f.stop = stop
+	go func() { f.done <- authority.Serve(jctx, l, joinCreds) }()
+	joinURL := "https://" + l.Addr().String()
+
+	for i, h := range f.Hosts.Hosts {
+		s := &Server{
+			Name:  "s" + strconv.Itoa(i),
+			Host:  h,
+			Dir:   filepath.Join(dir, "s"+strconv.Itoa(i)),
+			Addr:  netip.AddrPortFrom(h.Addr, AgentPort).String(),
+			fleet: f,
+		}
+		f.Servers = append(f.Servers, s)
+		if err := addBridge(h); err != nil {
+			return f, fmt.Errorf("server %s: %w", s.Name, err)
+		}
+		token, err := authority.NewToken(time.Minute)
+		if err != nil {
+			return f, err
+		}
+		if err := s.start(ctx, "--join", joinURL, "--token", token); err != nil {
+			return f, err
+		}
+		if err := f.Cluster.Add(s.Name, container.NewServer(s.Client, nil)); err != nil {
+			return f, err
+		}
+	}
+	return f, nil
+}
+
+// addBridge creates the containers' bridge in the host.
+func addBridge(h *testhost.Host) error {
+	nh, err := h.Handle()
+	if err != nil {
+		return err
+	}
+	defer nh.Close()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: Bridge}}
+	if err := nh.LinkAdd(br); err != nil {
+		return fmt.Errorf("add bridge: %w", err)
+	}
+	addr, _ := netlink.ParseAddr(BridgeAddr.String())
+	if err := nh.AddrAdd(br, addr); err != nil {
+		return err
+	}
+	return nh.LinkSetUp(br)
+}
+
+// start runs the agent and waits until it answers.
+func (s *Server) start(ctx context.Context, joinArgs ...string) error {
+	args := append([]string{"serve", "--dir", s.Dir, "--listen", s.Addr, "--name", s.Name, "--driver", s.fleet.opts.Driver}, joinArgs...)
+	cmd := s.Host.Command(context.WithoutCancel(ctx), s.fleet.opts.AgentBinary, args...)
+	cmd.Stdout, cmd.Stderr = s.fleet.opts.AgentLog, s.fleet.opts.AgentLog
+	if cmd.Stderr == nil {
+		cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start agent %s: %w", s.Name, err)
+	}
+	s.cmd, s.exit = cmd, make(chan error, 1)
+	go func() { s.exit <- cmd.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := agent.Dial(ctx, s.Addr, s.fleet.creds, nil)
+		if err == nil {
+			if s.Client == nil {
+				s.Client = c
+			} else {
+				// Keep the Client the cluster holds; it reconnects by itself.
+				c.Close()
+			}
+			return nil
+		}
+		select {
+		case err := <-s.exit:
+			s.cmd = nil
+			return fmt.Errorf("agent %s exited: %v", s.Name, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent %s did not answer in time: %w", s.Name, err)
+		}
+	}
+}
+
+// Kill kills the agent at once with SIGKILL, as a crash would. Its
+// containers keep running.
+func (s *Server) Kill() error { return s.halt(syscall.SIGKILL) }
+
+// Stop stops the agent gracefully.
+func (s *Server) Stop() error { return s.halt(syscall.SIGTERM) }
+
+func (s *Server) halt(sig syscall.Signal) error {
+	if s.cmd == nil {
+		return nil
+	}
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		return err
+	}
+	select {
+	case <-s.exit:
+	case <-time.After(30 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exit
+	}
+	s.cmd = nil
+	return nil
+}
+
+// Restart starts a stopped or killed agent again; it reuses the
+// credentials it joined with.
+func (s *Server) Restart(ctx context.Context) error {
+	if err := s.Stop(); err != nil {
+		return err
+	}
+	return s.start(ctx)
+}
+
+// Close deletes every container of every server, stops the agents and
+// removes the servers and their state.
+func (f *Fleet) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var errs []error
+	for _, s := range f.Servers {
+		errs = append(errs, s.removeContainers(ctx), s.Stop())
+	}
+	if f.stop != nil {
+		f.stop()
+		<-f.done
+	}
+	if f.Hosts != nil {
+		errs = append(errs, f.Hosts.Close())
+	}
+	errs = append(errs, os.RemoveAll(f.dir))
+	return errors.Join(errs...)
+}
+
+// removeContainers stops and deletes the server's containers through its
+// agent, restarting the agent first if it was killed.
+func (s *Server) removeContainers(ctx context.Context) error {
+	if s.Client == nil {
+		return nil
+	}
+	if s.cmd == nil {
+		if err := s.start(ctx); err != nil {
+			return err
+		}
+	}
+	srv := container.NewServer(s.Client, nil)
+	list, err := srv.List(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, c := range list {
+		errs = append(errs, srv.Stop(ctx, c.Spec.Name, 2*time.Second), srv.Delete(ctx, c.Spec.Name))
+	}
+	return errors.Join(errs...)
+}
+
+// BuildAgent compiles examples/muster-agent into dir and returns its path.
+// It runs from the module's root, found from the working directory.
+func BuildAgent(ctx context.Context, dir string) (string, error) {
+	out := filepath.Join(dir, "muster-agent")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/musterkit/muster/examples/muster-agent")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build muster-agent: %v\n%s", err, msg)
+	}
+	return out, nil
+}
