@@ -341,14 +341,6 @@ func closeNs(h *netns.NsHandle) {
 	*h = -1
 }
 
-// Command returns a command that runs program name with args inside the host's
-// network namespace (through `ip netns exec`; no shell is involved). The other
-// namespaces, the filesystem and the environment are the caller's, except that
-// ip remounts /sys for the namespace.
-func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.Netns, name}, args...)...)
-}
-
 // Do runs fn on the calling goroutine with its OS thread switched into the
 // host's network namespace, and returns fn's error. Sockets fn creates belong to
 // the host's namespace for their whole life. Goroutines that fn starts do not

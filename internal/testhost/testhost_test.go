@@ -462,3 +462,34 @@ func TestBuildFailureCleansUp(t *testing.T) {
 		}
 	}
 }
+
+// TestCommandSeesHostLinksAndCgroups checks what LXC needs of a program
+// started with Command: /sys/class/net shows the host's links, and every
+// cgroup mount of the machine is there.
+func TestCommandSeesHostLinksAndCgroups(t *testing.T) {
+	c := New(t, 1)
+	h := c.Hosts[0]
+	out, err := h.Command(context.Background(), "ls", "/sys/class/net").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if links := strings.Fields(string(out)); !slices.Contains(links, "eth0") || slices.Contains(links, c.Name) {
+		t.Fatalf("/sys/class/net in the host lists %v; want eth0 and not the root's %s", links, c.Name)
+	}
+	mounts, err := cgroupMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = h.Command(context.Background(), "cat", "/proc/self/mountinfo").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mounts {
+		if !strings.Contains(string(out), " "+m.Target+" ") {
+			t.Errorf("cgroup mount %s is missing in the host's command", m.Target)
+		}
+	}
+	if err := h.Command(context.Background(), "no-such-program-here").Run(); err == nil {
+		t.Fatal("a missing program ran")
+	}
+}

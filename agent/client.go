@@ -1,0 +1,394 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/musterkit/muster/container/driver"
+	"github.com/musterkit/muster/container/image"
+	"github.com/musterkit/muster/errcode"
+)
+
+// ClientOptions configure Dial. The zero value is usable.
+type ClientOptions struct {
+	// ServerName is the name the agent's certificate must carry. The
+	// default is the host of the address; an IP address is checked
+	// against the certificate's IP addresses.
+	ServerName string
+}
+
+// Client is a remote driver: every call runs on the driver of the agent it
+// dialled. It implements the driver interfaces and their optional
+// extensions; a call the agent's driver does not support fails with
+// errcode.Unimplemented. It is safe for concurrent use.
+type Client struct {
+	addr string
+	tr   *http.Transport
+}
+
+var (
+	_ driver.Driver      = (*Client)(nil)
+	_ driver.Images      = (*Client)(nil)
+	_ driver.Snapshotter = (*Client)(nil)
+	_ driver.Transferer  = (*Client)(nil)
+	_ driver.Host        = (*Client)(nil)
+	_ driver.Autostarter = (*Client)(nil)
+)
+
+// Dial connects to the agent at addr (host:port) with creds, and checks
+// that it answers. The agent's certificate must chain to creds' CA. An
+// agent that cannot be reached is errcode.Unavailable. opts may be nil.
+func Dial(ctx context.Context, addr string, creds *Credentials, opts *ClientOptions) (*Client, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, errcode.New(errcode.InvalidArgument, "agent address %q: %w", addr, err)
+	}
+	if opts != nil && opts.ServerName != "" {
+		host = opts.ServerName
+	}
+	var protocols http.Protocols
+	protocols.SetHTTP2(true)
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	c := &Client{addr: addr, tr: &http.Transport{
+		DialContext: dialer.DialContext,
+		TLSClientConfig: &tls.Config{
+			MinVersion: tls.VersionTLS13,
+			RootCAs:    creds.CAPool,
+			ServerName: host,
+			// Always present the certificate, so that the agent, not
+			// this client, decides whether it is acceptable.
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &creds.Cert, nil },
+		},
+		TLSHandshakeTimeout: 10 * time.Second,
+		Protocols:           &protocols,
+		HTTP2:               &http.HTTP2Config{SendPingTimeout: 30 * time.Second},
+	}}
+	if _, err := call[struct{}](ctx, c, http.MethodGet, apiPath("ping"), nil); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close closes the client's idle connections. Containers keep running.
+func (c *Client) Close() error {
+	c.tr.CloseIdleConnections()
+	return nil
+}
+
+// Create implements driver.Driver.
+func (c *Client) Create(ctx context.Context, spec *driver.Spec) (*driver.Info, error) {
+	return call[*driver.Info](ctx, c, http.MethodPost, apiPath("containers"), spec)
+}
+
+// Delete implements driver.Driver.
+func (c *Client) Delete(ctx context.Context, name string) error {
+	return do(ctx, c, http.MethodDelete, apiPath("containers", name), nil)
+}
+
+// Start implements driver.Driver.
+func (c *Client) Start(ctx context.Context, name string) error {
+	return do(ctx, c, http.MethodPost, apiPath("containers", name, "start"), nil)
+}
+
+// Stop implements driver.Driver.
+func (c *Client) Stop(ctx context.Context, name string, timeout time.Duration) error {
+	return do(ctx, c, http.MethodPost, apiPath("containers", name, "stop"), stopRequest{timeout})
+}
+
+// Freeze implements driver.Driver.
+func (c *Client) Freeze(ctx context.Context, name string) error {
+	return do(ctx, c, http.MethodPost, apiPath("containers", name, "freeze"), nil)
+}
+
+// Unfreeze implements driver.Driver.
+func (c *Client) Unfreeze(ctx context.Context, name string) error {
+	return do(ctx, c, http.MethodPost, apiPath("containers", name, "unfreeze"), nil)
+}
+
+// Get implements driver.Driver.
+func (c *Client) Get(ctx context.Context, name string) (*driver.Info, error) {
+	return call[*driver.Info](ctx, c, http.MethodGet, apiPath("containers", name), nil)
+}
+
+// List implements driver.Driver.
+func (c *Client) List(ctx context.Context) ([]*driver.Info, error) {
+	return call[[]*driver.Info](ctx, c, http.MethodGet, apiPath("containers"), nil)
+}
+
+// Exec implements driver.Driver. Stdin, stdout and stderr stream both ways
+// at once; cancelling ctx kills the remote process.
+func (c *Client) Exec(ctx context.Context, name string, p *driver.Process) (int, error) {
+	if p == nil {
+		return -1, errcode.New(errcode.InvalidArgument, "exec: nil process")
+	}
+	hdr := http.Header{}
+	if err := setHeaderJSON(hdr, processHeader, p); err != nil {
+		return -1, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the request, and with it the stdin copy, on every return
+	resp, err := c.roundTrip(ctx, http.MethodPost, apiPath("containers", name, "exec"), hdr, p.Stdin)
+	if err != nil {
+		return -1, err
+	}
+	defer resp.Body.Close()
+	stdout, stderr := p.Stdout, p.Stderr
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	code, err := readFrames(resp.Body, stdout, stderr)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = errcode.New(errcode.Unavailable, "agent %s: exec stream ended without an exit status", c.addr)
+	}
+	return code, err
+}
+
+// PutImage implements driver.Images.
+func (c *Client) PutImage(ctx context.Context, m *image.Manifest, blob io.Reader) (*image.Manifest, error) {
+	if m == nil {
+		return nil, errcode.New(errcode.InvalidArgument, "put image: nil manifest")
+	}
+	hdr := http.Header{}
+	if err := setHeaderJSON(hdr, manifestHeader, m); err != nil {
+		return nil, err
+	}
+	return decode[*image.Manifest](c.roundTrip(ctx, http.MethodPut, apiPath("images", m.Name), hdr, blob))
+}
+
+// Image implements driver.Images.
+func (c *Client) Image(ctx context.Context, ref string) (*image.Manifest, error) {
+	return call[*image.Manifest](ctx, c, http.MethodGet, apiPath("images", ref), nil)
+}
+
+// ListImages implements driver.Images.
+func (c *Client) ListImages(ctx context.Context) ([]*image.Manifest, error) {
+	return call[[]*image.Manifest](ctx, c, http.MethodGet, apiPath("images"), nil)
+}
+
+// OpenImage implements driver.Images. Reading the blob returns an error,
+// never a clean end, if the agent could not send all of it.
+func (c *Client) OpenImage(ctx context.Context, ref string) (*image.Manifest, io.ReadCloser, error) {
+	resp, err := c.roundTrip(ctx, http.MethodGet, apiPath("images", ref, "blob"), nil, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	var m image.Manifest
+	if err := headerJSON(resp.Header, manifestHeader, &m); err != nil {
+		resp.Body.Close()
+		return nil, nil, err
+	}
+	return &m, streamBody{resp}, nil
+}
+
+// DeleteImage implements driver.Images.
+func (c *Client) DeleteImage(ctx context.Context, ref string) error {
+	return do(ctx, c, http.MethodDelete, apiPath("images", ref), nil)
+}
+
+// Snapshot implements driver.Snapshotter.
+func (c *Client) Snapshot(ctx context.Context, name, snapshot string) error {
+	return do(ctx, c, http.MethodPost, apiPath("containers", name, "snapshots", snapshot), nil)
+}
+
+// Snapshots implements driver.Snapshotter.
+func (c *Client) Snapshots(ctx context.Context, name string) ([]driver.SnapshotInfo, error) {
+	return call[[]driver.SnapshotInfo](ctx, c, http.MethodGet, apiPath("containers", name, "snapshots"), nil)
+}
+
+// Restore implements driver.Snapshotter.
+func (c *Client) Restore(ctx context.Context, name, snapshot string) error {
+	return do(ctx, c, http.MethodPost, apiPath("containers", name, "snapshots", snapshot, "restore"), nil)
+}
+
+// Clone implements driver.Snapshotter.
+func (c *Client) Clone(ctx context.Context, src, dst string) (*driver.Info, error) {
+	return call[*driver.Info](ctx, c, http.MethodPost, apiPath("containers", src, "clone", dst), nil)
+}
+
+// Export implements driver.Transferer. If the agent fails after sending
+// part of the archive, Export returns its error.
+func (c *Client) Export(ctx context.Context, name string, w io.Writer) error {
+	resp, err := c.roundTrip(ctx, http.MethodGet, apiPath("containers", name, "export"), nil, nil)
+	if err != nil {
+		return err
+	}
+	body := streamBody{resp}
+	defer body.Close()
+	_, err = io.Copy(w, body)
+	return err
+}
+
+// Import implements driver.Transferer. If r fails or ctx is cancelled
+// before the archive is sent, the agent's driver sees a broken stream and
+// keeps nothing of it.
+func (c *Client) Import(ctx context.Context, r io.Reader, rename string) (*driver.Info, error) {
+	path := apiPath("import")
+	if rename != "" {
+		path = apiPath("import", rename)
+	}
+	return decode[*driver.Info](c.roundTrip(ctx, http.MethodPost, path, nil, r))
+}
+
+// HostInfo implements driver.Host.
+func (c *Client) HostInfo(ctx context.Context) (*driver.HostInfo, error) {
+	return call[*driver.HostInfo](ctx, c, http.MethodGet, apiPath("host"), nil)
+}
+
+// StartAutostart implements driver.Autostarter.
+func (c *Client) StartAutostart(ctx context.Context) ([]string, error) {
+	return call[[]string](ctx, c, http.MethodPost, apiPath("autostart"), nil)
+}
+
+// call sends in (if not nil) as JSON and decodes the JSON reply.
+func call[T any](ctx context.Context, c *Client, method, path string, in any) (T, error) {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			var zero T
+			return zero, errcode.New(errcode.InvalidArgument, "%s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(data)
+	}
+	return decode[T](c.roundTrip(ctx, method, path, nil, body))
+}
+
+// do is call for calls that answer nothing but an error.
+func do(ctx context.Context, c *Client, method, path string, in any) error {
+	_, err := call[struct{}](ctx, c, method, path, in)
+	return err
+}
+
+// decode reads the JSON reply of a successful roundTrip.
+func decode[T any](resp *http.Response, err error) (T, error) {
+	var v T
+	if err != nil {
+		return v, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJSONBody)).Decode(&v); err != nil {
+		if errcode.Of(err) == errcode.Unknown && !isContextError(err) {
+			err = errcode.New(errcode.Internal, "malformed reply from the agent: %w", err)
+		}
+		return v, err
+	}
+	return v, nil
+}
+
+// roundTrip sends a request whose body streams from body (nil for none)
+// and returns the response of a successful call, or the error the agent
+// sent. Errors reading the response body have codes too: ctx's error if it
+// ended, errcode.Unavailable otherwise.
+func (c *Client) roundTrip(ctx context.Context, method, path string, hdr http.Header, body io.Reader) (*http.Response, error) {
+	sourceErr := func() error { return nil }
+	if _, ok := body.(*bytes.Reader); !ok && body != nil {
+		body, sourceErr = pipeFrom(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "https://"+c.addr+path, body)
+	if err != nil {
+		return nil, errcode.New(errcode.InvalidArgument, "%s %s: %w", method, path, err)
+	}
+	maps.Copy(req.Header, hdr)
+	resp, err := c.tr.RoundTrip(req)
+	if err != nil {
+		if err := sourceErr(); err != nil {
+			return nil, fmt.Errorf("reading the stream to send: %w", err)
+		}
+		return nil, c.transportError(ctx, err)
+	}
+	resp.Body = &responseBody{ReadCloser: resp.Body, c: c, ctx: ctx}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		return nil, responseError(resp)
+	}
+	return resp, nil
+}
+
+// pipeFrom returns a reader of r's data whose Close interrupts a Read, and
+// a function that returns r's error once r has failed. The transport
+// closes the request body to abort a call; without the pipe a body blocked
+// in Read (an exec's idle stdin) would hold the call open after its
+// context ended. A goroutine copies r until it ends, fails or the pipe
+// closes; the caller keeps ownership of r (it is not closed).
+func pipeFrom(r io.Reader) (io.Reader, func() error) {
+	pr, pw := io.Pipe()
+	var failed atomic.Pointer[error]
+	go func() {
+		_, err := io.Copy(pw, r)
+		if err != nil && !errors.Is(err, io.ErrClosedPipe) { // not the transport closing the pipe
+			failed.Store(&err)
+		}
+		pw.CloseWithError(err)
+	}()
+	return pr, func() error {
+		if p := failed.Load(); p != nil {
+			return *p
+		}
+		return nil
+	}
+}
+
+// transportError gives err, which happened on the way to or from the
+// agent, a code.
+func (c *Client) transportError(ctx context.Context, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return ctxErr
+	}
+	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
+		return errcode.New(errcode.PermissionDenied, "agent %s: %w", c.addr, err)
+	}
+	return errcode.New(errcode.Unavailable, "agent %s: %w", c.addr, err)
+}
+
+func isContextError(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// responseBody gives read errors a code.
+type responseBody struct {
+	io.ReadCloser
+	c   *Client
+	ctx context.Context
+}
+
+func (b *responseBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		err = b.c.transportError(b.ctx, err)
+	}
+	return n, err
+}
+
+// streamBody is a streamed reply: at its end it returns the error in the
+// status trailer, or errcode.Unavailable if the trailer is missing.
+type streamBody struct{ resp *http.Response }
+
+func (s streamBody) Read(p []byte) (int, error) {
+	n, err := s.resp.Body.Read(p)
+	if err == io.EOF {
+		var st status
+		if headerJSON(s.resp.Trailer, statusHeader, &st) != nil {
+			return n, errcode.New(errcode.Unavailable, "the agent's stream ended without a status")
+		}
+		if serr := st.err(); serr != nil {
+			return n, serr
+		}
+	}
+	return n, err
+}
+
+func (s streamBody) Close() error { return s.resp.Body.Close() }

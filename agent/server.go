@@ -1,0 +1,371 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/musterkit/muster/container/driver"
+	"github.com/musterkit/muster/container/image"
+	"github.com/musterkit/muster/errcode"
+)
+
+// ServerOptions configure a Server. The zero value is usable.
+type ServerOptions struct {
+	// Logger receives a record per call (debug for reads, info for
+	// changes, with the caller's certificate name); nil discards.
+	Logger *slog.Logger
+	// ShutdownTimeout bounds how long Serve lets calls in flight finish
+	// once its context is done; then they are cancelled. Default 10s.
+	ShutdownTimeout time.Duration
+}
+
+// Server serves a driver to the cluster's agents and clients.
+type Server struct {
+	creds    *Credentials
+	log      *slog.Logger
+	shutdown time.Duration
+	handler  http.Handler
+}
+
+// NewServer returns a Server that serves d with creds. d's optional
+// interfaces (driver.Images, Snapshotter, Transferer, Host, Autostarter)
+// are served if it implements them; their calls fail with
+// errcode.Unimplemented otherwise. opts may be nil.
+func NewServer(creds *Credentials, d driver.Driver, opts *ServerOptions) *Server {
+	s := &Server{creds: creds, log: slog.New(slog.DiscardHandler), shutdown: 10 * time.Second}
+	if opts != nil {
+		if opts.Logger != nil {
+			s.log = opts.Logger
+		}
+		if opts.ShutdownTimeout > 0 {
+			s.shutdown = opts.ShutdownTimeout
+		}
+	}
+	s.handler = s.logged(routes(d))
+	return s
+}
+
+// Serve accepts connections on l until ctx is done, then shuts down
+// gracefully: calls in flight get ServerOptions.ShutdownTimeout to finish
+// before they are cancelled. It returns nil after a shutdown, once every
+// call has returned, or the listener's error. It closes l.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	var protocols http.Protocols
+	protocols.SetHTTP2(true)
+	srv := &http.Server{
+		TLSConfig: &tls.Config{
+			MinVersion:   tls.VersionTLS13,
+			Certificates: []tls.Certificate{s.creds.Cert},
+			ClientAuth:   tls.RequireAndVerifyClientCert,
+			ClientCAs:    s.creds.CAPool,
+		},
+		Protocols: &protocols,
+		// Pings find clients that vanished without closing their
+		// connection, so that their calls are cancelled.
+		HTTP2:             &http.HTTP2Config{SendPingTimeout: 30 * time.Second},
+		ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	// Serve returns only once every call has: the driver is then idle.
+	var calls sync.WaitGroup
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		defer calls.Done()
+		s.handler.ServeHTTP(w, r)
+	})
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeTLS(l, "", "") }()
+	var err error
+	select {
+	case err = <-done: // the listener failed
+		srv.Close()
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), s.shutdown)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			s.log.Warn("agent: cancelling the calls still running at shutdown", "err", err)
+			srv.Close()
+		}
+		if e := <-done; !errors.Is(e, http.ErrServerClosed) {
+			err = e
+		}
+	}
+	calls.Wait()
+	return err
+}
+
+// logged logs every call with the caller's name and the reply's status.
+func (s *Server) logged(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		began := time.Now()
+		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		level := slog.LevelInfo
+		switch {
+		case rec.status >= 500 && rec.status != http.StatusNotImplemented:
+			level = slog.LevelWarn
+		case r.Method == http.MethodGet:
+			level = slog.LevelDebug
+		}
+		peer := ""
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			peer = r.TLS.PeerCertificates[0].Subject.CommonName
+		}
+		s.log.Log(r.Context(), level, "agent call", "method", r.Method, "path", r.URL.Path,
+			"peer", peer, "status", rec.status, "duration", time.Since(began))
+	})
+}
+
+// recorder remembers a response's status code.
+type recorder struct {
+	http.ResponseWriter
+	status  int
+	written bool
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.written {
+		r.status, r.written = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// routes maps the protocol onto d. A route of an optional interface that d
+// lacks falls through to the catch-all, which answers Unimplemented.
+func routes(d driver.Driver) *http.ServeMux {
+	mux := http.NewServeMux()
+	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, validated(h)) }
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, errcode.New(errcode.Unimplemented, "the agent's driver does not implement %s %s", r.Method, r.URL.Path))
+	})
+
+	route("GET /v1/ping", reply(func(r *http.Request) (any, error) { return struct{}{}, nil }))
+	route("POST /v1/containers", reply(func(r *http.Request) (*driver.Info, error) {
+		var spec driver.Spec
+		if err := decodeBody(r, &spec); err != nil {
+			return nil, err
+		}
+		if err := spec.Validate(); err != nil {
+			return nil, err
+		}
+		return d.Create(r.Context(), &spec)
+	}))
+	route("GET /v1/containers", reply(func(r *http.Request) ([]*driver.Info, error) { return d.List(r.Context()) }))
+	route("GET /v1/containers/{name}", reply(func(r *http.Request) (*driver.Info, error) {
+		return d.Get(r.Context(), r.PathValue("name"))
+	}))
+	route("DELETE /v1/containers/{name}", reply(func(r *http.Request) (any, error) {
+		return nil, d.Delete(r.Context(), r.PathValue("name"))
+	}))
+	route("POST /v1/containers/{name}/start", reply(func(r *http.Request) (any, error) {
+		return nil, d.Start(r.Context(), r.PathValue("name"))
+	}))
+	route("POST /v1/containers/{name}/stop", reply(func(r *http.Request) (any, error) {
+		var req stopRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return nil, d.Stop(r.Context(), r.PathValue("name"), req.Timeout)
+	}))
+	route("POST /v1/containers/{name}/freeze", reply(func(r *http.Request) (any, error) {
+		return nil, d.Freeze(r.Context(), r.PathValue("name"))
+	}))
+	route("POST /v1/containers/{name}/unfreeze", reply(func(r *http.Request) (any, error) {
+		return nil, d.Unfreeze(r.Context(), r.PathValue("name"))
+	}))
+	route("POST /v1/containers/{name}/exec", func(w http.ResponseWriter, r *http.Request) { serveExec(w, r, d) })
+
+	if sn, ok := d.(driver.Snapshotter); ok {
+		route("POST /v1/containers/{name}/snapshots/{snapshot}", reply(func(r *http.Request) (any, error) {
+			return nil, sn.Snapshot(r.Context(), r.PathValue("name"), r.PathValue("snapshot"))
+		}))
+		route("GET /v1/containers/{name}/snapshots", reply(func(r *http.Request) ([]driver.SnapshotInfo, error) {
+			return sn.Snapshots(r.Context(), r.PathValue("name"))
+		}))
+		route("POST /v1/containers/{name}/snapshots/{snapshot}/restore", reply(func(r *http.Request) (any, error) {
+			return nil, sn.Restore(r.Context(), r.PathValue("name"), r.PathValue("snapshot"))
+		}))
+		route("POST /v1/containers/{name}/clone/{dst}", reply(func(r *http.Request) (*driver.Info, error) {
+			return sn.Clone(r.Context(), r.PathValue("name"), r.PathValue("dst"))
+		}))
+	}
+	if t, ok := d.(driver.Transferer); ok {
+		route("GET /v1/containers/{name}/export", func(w http.ResponseWriter, r *http.Request) {
+			streamResponse(w, func(w io.Writer) error { return t.Export(r.Context(), r.PathValue("name"), w) })
+		})
+		// The name, if given, renames the imported container.
+		importContainer := reply(func(r *http.Request) (*driver.Info, error) {
+			return t.Import(r.Context(), requestStream{r.Body}, r.PathValue("name"))
+		})
+		route("POST /v1/import", importContainer)
+		route("POST /v1/import/{name}", importContainer)
+	}
+	if im, ok := d.(driver.Images); ok {
+		route("PUT /v1/images/{name}", reply(func(r *http.Request) (*image.Manifest, error) {
+			var m image.Manifest
+			if err := headerJSON(r.Header, manifestHeader, &m); err != nil {
+				return nil, err
+			}
+			if m.Name != r.PathValue("name") {
+				return nil, errcode.New(errcode.InvalidArgument, "manifest name %q is not the path's %q", m.Name, r.PathValue("name"))
+			}
+			if m.Digest != "" && (!strings.HasPrefix(m.Digest, "sha256:") || driver.ValidImageRef(m.Digest) != nil) {
+				return nil, errcode.New(errcode.InvalidArgument, "manifest digest %q is not sha256:<64 hex digits>", m.Digest)
+			}
+			return im.PutImage(r.Context(), &m, requestStream{r.Body})
+		}))
+		route("GET /v1/images", reply(func(r *http.Request) ([]*image.Manifest, error) { return im.ListImages(r.Context()) }))
+		route("GET /v1/images/{ref}", reply(func(r *http.Request) (*image.Manifest, error) {
+			return im.Image(r.Context(), r.PathValue("ref"))
+		}))
+		route("GET /v1/images/{ref}/blob", func(w http.ResponseWriter, r *http.Request) {
+			m, blob, err := im.OpenImage(r.Context(), r.PathValue("ref"))
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			defer blob.Close()
+			if err := setHeaderJSON(w.Header(), manifestHeader, m); err != nil {
+				writeError(w, err)
+				return
+			}
+			streamResponse(w, func(w io.Writer) error { _, err := io.Copy(w, blob); return err })
+		})
+		route("DELETE /v1/images/{ref}", reply(func(r *http.Request) (any, error) {
+			return nil, im.DeleteImage(r.Context(), r.PathValue("ref"))
+		}))
+	}
+	if h, ok := d.(driver.Host); ok {
+		route("GET /v1/host", reply(func(r *http.Request) (*driver.HostInfo, error) { return h.HostInfo(r.Context()) }))
+	}
+	if a, ok := d.(driver.Autostarter); ok {
+		route("POST /v1/autostart", reply(func(r *http.Request) ([]string, error) { return a.StartAutostart(r.Context()) }))
+	}
+	return mux
+}
+
+// stopRequest is the body of a stop call.
+type stopRequest struct {
+	Timeout time.Duration `json:"timeout"`
+}
+
+// validated checks every wildcard of the route's pattern before h runs: a
+// "ref" is an image reference, anything else a name (a DNS label).
+func validated(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		for _, seg := range strings.Split(r.Pattern, "/") {
+			key, ok := strings.CutPrefix(seg, "{")
+			if !ok {
+				continue
+			}
+			key = strings.TrimSuffix(key, "}")
+			valid := image.ValidName
+			if key == "ref" {
+				valid = driver.ValidImageRef
+			}
+			if err := valid(r.PathValue(key)); err != nil {
+				writeError(w, errcode.New(errcode.InvalidArgument, "%s: %w", key, err))
+				return
+			}
+		}
+		h(w, r)
+	}
+}
+
+// reply serves a call whose answer is JSON.
+func reply[T any](f func(r *http.Request) (T, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		v, err := f(r)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	}
+}
+
+// streamResponse serves a call whose answer is a stream that produce
+// writes. An error before the first byte is an ordinary error reply; after
+// it, the error travels in the status trailer, which a success carries too,
+// so a client tells a complete stream from a cut one.
+func streamResponse(w http.ResponseWriter, produce func(io.Writer) error) {
+	sw := &startWriter{w: w}
+	err := produce(sw)
+	if err != nil && !sw.started {
+		writeError(w, err)
+		return
+	}
+	setHeaderJSON(w.Header(), http.TrailerPrefix+statusHeader, statusOf(err))
+	sw.start()
+}
+
+// startWriter sends the response header before the first byte of the body.
+type startWriter struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (s *startWriter) start() {
+	if !s.started {
+		s.started = true
+		s.w.Header().Set("Content-Type", "application/octet-stream")
+		s.w.WriteHeader(http.StatusOK)
+	}
+}
+
+func (s *startWriter) Write(p []byte) (int, error) {
+	s.start()
+	return s.w.Write(p)
+}
+
+// requestStream is a streamed request body. A client that dies or
+// cancels mid-stream makes it fail with io.ErrUnexpectedEOF (wrapping the
+// cause), the usual sign of a cut stream, never with a clean io.EOF.
+type requestStream struct{ body io.Reader }
+
+func (s requestStream) Read(p []byte) (int, error) {
+	n, err := s.body.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("%w: the client's stream broke: %w", io.ErrUnexpectedEOF, err)
+	}
+	return n, err
+}
+
+// serveExec runs a process with the request body as its stdin and streams
+// its output and exit status as frames. Output flows while stdin is still
+// arriving (HTTP/2 is full duplex); the request's context is the driver's,
+// so a client that goes away kills the process.
+func serveExec(w http.ResponseWriter, r *http.Request, d driver.Driver) {
+	var p driver.Process
+	if err := headerJSON(r.Header, processHeader, &p); err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(p.Args) == 0 || p.Args[0] == "" {
+		writeError(w, errcode.New(errcode.InvalidArgument, "exec: no program given"))
+		return
+	}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	fw := &frameWriter{w: w, flush: rc.Flush}
+	p.Stdin, p.Stdout, p.Stderr = requestStream{r.Body}, output{fw, frameStdout}, output{fw, frameStderr}
+	code, err := d.Exec(r.Context(), r.PathValue("name"), &p)
+	fw.finish(code, err)
+}

@@ -1,0 +1,272 @@
+// Command muster-agent runs a server's agent: it hosts the server's
+// container driver for the cluster over mutual TLS (see package agent).
+//
+//	muster-agent ca init --dir /etc/muster/ca            # once, on the admin host
+//	muster-agent join-server --dir /etc/muster/ca --listen :7443
+//	muster-agent token --dir /etc/muster/ca --ttl 1h     # one per new server
+//	muster-agent serve --dir /var/lib/muster --listen 10.0.0.5:7444 --name node5 \
+//	    --join https://10.0.0.1:7443 --token muster1....
+//
+// The first serve joins the cluster and keeps its credentials in DIR/pki;
+// later starts reuse them and need no token. With --driver lxc (the
+// default) the containers live in DIR (see drivers/lxc) and the agent must
+// run as root, in the network namespace of the server; --driver memory
+// serves an in-memory server, for trying things out. serve starts the
+// containers marked autostart, then serves until SIGINT or SIGTERM.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/musterkit/muster/agent"
+	"github.com/musterkit/muster/container/driver"
+	"github.com/musterkit/muster/container/memcontainer"
+	"github.com/musterkit/muster/drivers/lxc"
+	"github.com/musterkit/muster/errcode"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:          "muster-agent",
+		Short:        "Run a server's Muster agent, and the cluster CA's join service",
+		SilenceUsage: true,
+	}
+	var level slog.Level
+	root.PersistentFlags().TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	logger := func() *slog.Logger {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	}
+	root.AddCommand(serveCmd(logger), caCmd(), tokenCmd(), joinServerCmd(logger))
+	return root
+}
+
+func serveCmd(logger func() *slog.Logger) *cobra.Command {
+	var (
+		dir, listen, name, joinURL, token, driverName string
+		ips                                           []net.IP
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve this server's containers to the cluster",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, log := cmd.Context(), logger()
+			addrs, err := certIPs(ips, listen)
+			if err != nil {
+				return err
+			}
+			creds, err := credentials(ctx, log, filepath.Join(dir, "pki"), joinURL, token, name, addrs)
+			if err != nil {
+				return err
+			}
+			d, err := openDriver(ctx, driverName, dir, creds.Cert.Leaf.Subject.CommonName, log)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			if a, ok := d.(driver.Autostarter); ok {
+				started, err := a.StartAutostart(ctx)
+				if err != nil {
+					log.Error("autostart", "err", err)
+				} else {
+					log.Info("autostart", "started", started)
+				}
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			log.Info("serving", "name", creds.Cert.Leaf.Subject.CommonName, "addr", l.Addr(), "driver", driverName, "ca", creds.CAFingerprint)
+			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log}).Serve(ctx, l)
+			log.Info("stopped")
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", "/var/lib/muster", "state directory: credentials in DIR/pki, the driver's containers and images in DIR")
+	f.StringVar(&listen, "listen", ":7444", "address to serve on")
+	f.StringVar(&name, "name", "", "this server's name in the cluster (a DNS label); needed to join")
+	f.IPSliceVar(&ips, "ip", nil, "IP address the certificate names, repeatable (default: the --listen IP, if one is given)")
+	f.StringVar(&joinURL, "join", "", "URL of the join server, for the first start")
+	f.StringVar(&token, "token", "", "join token (muster-agent token), for the first start")
+	f.StringVar(&driverName, "driver", "lxc", "container driver: lxc, or memory (in-memory, for trials)")
+	return cmd
+}
+
+// credentials loads the agent's credentials from dir or, on the first
+// start, joins the cluster and saves them there.
+func credentials(ctx context.Context, log *slog.Logger, dir, joinURL, token, name string, ips []netip.Addr) (*agent.Credentials, error) {
+	creds, err := agent.LoadCredentials(dir)
+	if err == nil {
+		if joinURL != "" || token != "" {
+			log.Info("already joined; ignoring --join and --token", "credentials", dir)
+		}
+		return creds, nil
+	}
+	if !errors.Is(err, errcode.NotFound) {
+		return nil, err
+	}
+	if joinURL == "" || token == "" || name == "" {
+		return nil, fmt.Errorf("no credentials in %s: the first start needs --join, --token and --name", dir)
+	}
+	creds, err = agent.Join(ctx, joinURL, token, name, ips)
+	if err != nil {
+		return nil, err
+	}
+	if err := creds.Save(dir); err != nil {
+		return nil, err
+	}
+	log.Info("joined the cluster", "name", name, "ips", ips, "ca", creds.CAFingerprint, "expires", creds.Cert.Leaf.NotAfter)
+	return creds, nil
+}
+
+func openDriver(ctx context.Context, name, dir, hostname string, log *slog.Logger) (driver.Driver, error) {
+	switch name {
+	case "lxc":
+		return lxc.Open(ctx, dir, &lxc.Options{Logger: log})
+	case "memory":
+		return memcontainer.New(&memcontainer.Options{Hostname: hostname}), nil
+	}
+	return nil, fmt.Errorf("unknown driver %q: want lxc or memory", name)
+}
+
+// certIPs returns ips, or the IP of listen if ips is empty and listen
+// names one.
+func certIPs(ips []net.IP, listen string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, ip := range ips {
+		a, _ := netip.AddrFromSlice(ip)
+		out = append(out, a.Unmap())
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %q: %w", listen, err)
+	}
+	if a, err := netip.ParseAddr(host); err == nil && !a.IsUnspecified() {
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func caCmd() *cobra.Command {
+	ca := &cobra.Command{Use: "ca", Short: "Manage the cluster CA"}
+	var dir, name, alg string
+	initCmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create the cluster CA in --dir",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, f := range []string{"ca.crt", "ca.key"} {
+				if _, err := os.Stat(filepath.Join(dir, f)); !errors.Is(err, os.ErrNotExist) {
+					return fmt.Errorf("%s: a CA or agent credentials may live there (%v); not overwriting", filepath.Join(dir, f), err)
+				}
+			}
+			c, err := agent.NewCA(name, &agent.CAOptions{Algorithm: agent.KeyAlgorithm(alg)})
+			if err != nil {
+				return err
+			}
+			if err := c.Save(dir); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "CA %q created in %s\nfingerprint %s\n", name, dir, c.Fingerprint())
+			return nil
+		},
+	}
+	initCmd.Flags().StringVar(&dir, "dir", "", "directory for the CA certificate and key")
+	initCmd.Flags().StringVar(&name, "name", "muster", "the CA's name")
+	initCmd.Flags().StringVar(&alg, "algorithm", string(agent.ECDSAP256), "key algorithm: ecdsa-p256 or ed25519")
+	initCmd.MarkFlagRequired("dir")
+	ca.AddCommand(initCmd)
+	return ca
+}
+
+func tokenCmd() *cobra.Command {
+	var dir string
+	var ttl time.Duration
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Print a one-time join token of the CA in --dir",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ca, err := agent.LoadCA(dir)
+			if err != nil {
+				return err
+			}
+			token, err := agent.NewAuthority(ca, &agent.AuthorityOptions{Dir: dir}).NewToken(ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), token)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "the CA's directory (ca init)")
+	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token stays valid")
+	cmd.MarkFlagRequired("dir")
+	return cmd
+}
+
+func joinServerCmd(logger func() *slog.Logger) *cobra.Command {
+	var dir, listen, name string
+	var ips []net.IP
+	cmd := &cobra.Command{
+		Use:   "join-server",
+		Short: "Serve joins: issue certificates to servers that present a token",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, log := cmd.Context(), logger()
+			ca, err := agent.LoadCA(dir)
+			if err != nil {
+				return err
+			}
+			addrs, err := certIPs(ips, listen)
+			if err != nil {
+				return err
+			}
+			// Joining servers check this certificate against the CA their
+			// token pins, not against a name.
+			creds, err := ca.Issue(name, addrs, 365*24*time.Hour, agent.UsageServer)
+			if err != nil {
+				return err
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			a := agent.NewAuthority(ca, &agent.AuthorityOptions{Dir: dir, Logger: log})
+			err = a.Serve(ctx, l, creds)
+			log.Info("stopped")
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "the CA's directory (ca init); tokens are shared through it")
+	cmd.Flags().StringVar(&listen, "listen", ":7443", "address to serve on")
+	cmd.Flags().StringVar(&name, "name", "muster-join", "name in the join server's certificate")
+	cmd.Flags().IPSliceVar(&ips, "ip", nil, "IP address the certificate names, repeatable (default: the --listen IP)")
+	cmd.MarkFlagRequired("dir")
+	return cmd
+}

@@ -1,0 +1,110 @@
+package testhost
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"syscall"
+)
+
+// execMarker, as the first argument, makes a program that imports testhost
+// act as the re-exec helper of Host.Command (see init).
+const execMarker = "__muster_testhost_exec__"
+
+// execSpec is what the re-exec helper does: restore the cgroup mounts,
+// then exec Path with Args.
+type execSpec struct {
+	Mounts []cgroupMount
+	Path   string
+	Args   []string
+}
+
+// cgroupMount is one mount under /sys/fs/cgroup.
+type cgroupMount struct {
+	Target, Source, FSType, Data string
+}
+
+func init() {
+	if len(os.Args) == 3 && os.Args[1] == execMarker {
+		fmt.Fprintln(os.Stderr, "testhost exec:", reexec(os.Args[2]))
+		os.Exit(126)
+	}
+}
+
+// Command returns a command that runs program name with args inside the
+// host's network namespace; no shell is involved. It runs `ip netns exec`,
+// which gives the program a mount namespace of its own with a /sys for the
+// host's network namespace (so /sys/class/net shows the host's links), and
+// in it restores the machine's cgroup mounts under /sys/fs/cgroup, which
+// that fresh /sys lacks and LXC needs. Everything else (filesystem,
+// environment, other namespaces) is the caller's. The restoring is done by
+// a copy of the calling program itself, which is why importing testhost
+// registers an init hook.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.Netns, "true")
+	self, err := os.Executable()
+	if err != nil {
+		cmd.Err = err
+		return cmd
+	}
+	spec := execSpec{Path: name, Args: append([]string{name}, args...)}
+	if spec.Path, err = exec.LookPath(name); err != nil {
+		cmd.Err = err
+		return cmd
+	}
+	if spec.Mounts, err = cgroupMounts(); err != nil {
+		cmd.Err = err
+		return cmd
+	}
+	data, err := json.Marshal(spec)
+	if err != nil {
+		cmd.Err = err
+		return cmd
+	}
+	cmd.Args = []string{"ip", "netns", "exec", h.Netns, self, execMarker, string(data)}
+	return cmd
+}
+
+// reexec restores the cgroup mounts in this process's private mount
+// namespace and execs the program; it returns only on failure.
+func reexec(specJSON string) error {
+	var spec execSpec
+	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
+		return err
+	}
+	for _, m := range spec.Mounts {
+		if err := os.MkdirAll(m.Target, 0o755); err != nil {
+			return err
+		}
+		if err := syscall.Mount(m.Source, m.Target, m.FSType, 0, m.Data); err != nil {
+			return fmt.Errorf("mount %s (%s %s): %w", m.Target, m.FSType, m.Data, err)
+		}
+	}
+	return syscall.Exec(spec.Path, spec.Args, os.Environ())
+}
+
+// cgroupMounts returns this process's mounts at and under /sys/fs/cgroup,
+// parents first, as /proc/self/mountinfo lists them.
+func cgroupMounts() ([]cgroupMount, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var mounts []cgroupMount
+	for line := range strings.Lines(string(data)) {
+		// ID PARENT MAJ:MIN ROOT TARGET OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER-OPTIONS
+		pre, post, ok := strings.Cut(strings.TrimSpace(line), " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 3 || f[4] != "/sys/fs/cgroup" && !strings.HasPrefix(f[4], "/sys/fs/cgroup/") {
+			continue
+		}
+		// Super options without rw/ro, which cgroup filesystems reject as data.
+		opts := slices.DeleteFunc(strings.Split(g[2], ","), func(o string) bool { return o == "rw" || o == "ro" })
+		mounts = append(mounts, cgroupMount{Target: f[4], Source: g[1], FSType: g[0], Data: strings.Join(opts, ",")})
+	}
+	return mounts, nil
+}
