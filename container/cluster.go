@@ -390,12 +390,18 @@ func (t *transfer) stream(ctx context.Context, target string) error {
 		exported <- err
 	}()
 	_, err := t.dst.Import(ctx, &countingReader{r: pr, t: t}, renameTo(t.name, target))
-	pr.CloseWithError(errors.New("import ended")) // unblock the exporter
+	pr.CloseWithError(errImportEnded) // unblock the exporter
 	if err != nil {
 		cancel()
 	}
-	return errors.Join(<-exported, err)
+	exportErr := <-exported
+	if errors.Is(exportErr, errImportEnded) || errors.Is(exportErr, context.Canceled) && err != nil {
+		exportErr = nil // a consequence of the import's end, not a cause
+	}
+	return errors.Join(exportErr, err)
 }
+
+var errImportEnded = errors.New("the import ended before the export")
 
 func renameTo(name, target string) string {
 	if target == name {
