@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -71,8 +72,14 @@ type Server struct {
 	Client *agent.Client
 
 	fleet *Fleet
-	cmd   *exec.Cmd
-	exit  chan error
+	mu    sync.Mutex
+	agent *process // nil while the agent is not running
+}
+
+// process is a running agent.
+type process struct {
+	cmd  *exec.Cmd
+	exit chan error // receives Wait's result
 }
 
 // Start builds n servers named s0, s1, ... and starts their agents.
@@ -169,8 +176,11 @@ func (s *Server) start(ctx context.Context, joinArgs ...string) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start agent %s: %w", s.Name, err)
 	}
-	s.cmd, s.exit = cmd, make(chan error, 1)
-	go func() { s.exit <- cmd.Wait() }()
+	p := &process{cmd: cmd, exit: make(chan error, 1)}
+	go func() { p.exit <- cmd.Wait() }()
+	s.mu.Lock()
+	s.agent = p
+	s.mu.Unlock()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := agent.Dial(ctx, s.Addr, s.fleet.creds, nil)
@@ -184,8 +194,10 @@ func (s *Server) start(ctx context.Context, joinArgs ...string) error {
 			return nil
 		}
 		select {
-		case err := <-s.exit:
-			s.cmd = nil
+		case err := <-p.exit:
+			s.mu.Lock()
+			s.agent = nil
+			s.mu.Unlock()
 			return fmt.Errorf("agent %s exited: %v", s.Name, err)
 		case <-ctx.Done():
 			return ctx.Err()
@@ -205,19 +217,22 @@ func (s *Server) Kill() error { return s.halt(syscall.SIGKILL) }
 func (s *Server) Stop() error { return s.halt(syscall.SIGTERM) }
 
 func (s *Server) halt(sig syscall.Signal) error {
-	if s.cmd == nil {
+	s.mu.Lock()
+	p := s.agent
+	s.agent = nil
+	s.mu.Unlock()
+	if p == nil {
 		return nil
 	}
-	if err := s.cmd.Process.Signal(sig); err != nil {
+	if err := p.cmd.Process.Signal(sig); err != nil {
 		return err
 	}
 	select {
-	case <-s.exit:
+	case <-p.exit:
 	case <-time.After(30 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exit
+		p.cmd.Process.Kill()
+		<-p.exit
 	}
-	s.cmd = nil
 	return nil
 }
 
@@ -256,7 +271,10 @@ func (s *Server) removeContainers(ctx context.Context) error {
 	if s.Client == nil {
 		return nil
 	}
-	if s.cmd == nil {
+	s.mu.Lock()
+	running := s.agent != nil
+	s.mu.Unlock()
+	if !running {
 		if err := s.start(ctx); err != nil {
 			return err
 		}
