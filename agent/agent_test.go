@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -26,47 +25,11 @@ import (
 	"github.com/musterkit/muster/errcode"
 )
 
-// The busybox base image, built once for the test binary.
-var (
-	baseManifest *image.Manifest
-	baseBlob     []byte
-)
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "agent-test-")
-	if err == nil {
-		baseManifest, baseBlob, err = buildBase(dir)
-		os.RemoveAll(dir)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "building the base image:", err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
-
-func buildBase(dir string) (*image.Manifest, []byte, error) {
-	ctx := context.Background()
-	store, err := image.OpenStore(dir)
-	if err != nil {
-		return nil, nil, err
-	}
-	if _, err := image.BuildBase(ctx, store, "base", nil); err != nil {
-		return nil, nil, err
-	}
-	m, rc, err := store.Open(ctx, "base")
-	if err != nil {
-		return nil, nil, err
-	}
-	defer rc.Close()
-	blob, err := io.ReadAll(rc)
-	return m, blob, err
-}
-
 // memServer returns an in-memory server holding the base image.
 func memServer(t testing.TB) *memcontainer.Driver {
 	d := memcontainer.New(&memcontainer.Options{Bridges: []string{"br-test"}})
-	if _, err := d.PutImage(context.Background(), baseManifest, bytes.NewReader(baseBlob)); err != nil {
+	m, blob := drivertest.BaseImage(t)
+	if _, err := d.PutImage(context.Background(), m, bytes.NewReader(blob)); err != nil {
 		t.Fatal(err)
 	}
 	return d
@@ -366,7 +329,8 @@ func TestErrorsKeepTheirCode(t *testing.T) {
 	if _, err := c.HostInfo(ctx); !errors.Is(err, errcode.Unimplemented) {
 		t.Errorf("HostInfo on a driver without it: got %v, want Unimplemented", err)
 	}
-	if _, err := c.PutImage(ctx, baseManifest, bytes.NewReader(baseBlob)); !errors.Is(err, errcode.Unimplemented) {
+	m, blob := drivertest.BaseImage(t)
+	if _, err := c.PutImage(ctx, m, bytes.NewReader(blob)); !errors.Is(err, errcode.Unimplemented) {
 		t.Errorf("PutImage on a driver without images: got %v, want Unimplemented", err)
 	}
 }
@@ -394,8 +358,12 @@ func (f failingStreams) OpenImage(ctx context.Context, ref string) (*image.Manif
 	if err != nil {
 		return nil, nil, err
 	}
+	blob, err := io.ReadAll(rc)
 	rc.Close()
-	return m, io.NopCloser(io.MultiReader(bytes.NewReader(baseBlob[:len(baseBlob)/2]), failingReader{errDisk})), nil
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, io.NopCloser(io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), failingReader{errDisk})), nil
 }
 
 type failingReader struct{ err error }
@@ -426,8 +394,8 @@ func TestStreamErrorAfterBodyStarted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	if m.Digest != baseManifest.Digest {
-		t.Fatalf("OpenImage manifest digest %s, want %s", m.Digest, baseManifest.Digest)
+	if base, _ := drivertest.BaseImage(t); m.Digest != base.Digest {
+		t.Fatalf("OpenImage manifest digest %s, want %s", m.Digest, base.Digest)
 	}
 	if _, err := io.ReadAll(rc); !errors.Is(err, errcode.Internal) {
 		t.Fatalf("reading a blob that fails half way: got %v, want Internal", err)

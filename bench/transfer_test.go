@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -14,7 +15,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/container"
-	"github.com/musterkit/muster/container/image"
+	"github.com/musterkit/muster/container/drivertest"
 	"github.com/musterkit/muster/internal/fleet"
 	"github.com/musterkit/muster/internal/roottest"
 )
@@ -39,20 +40,9 @@ func BenchmarkMove200MB(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { f.Close() })
-	store, err := image.OpenStore(filepath.Join(dir, "images"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := image.BuildBase(ctx, store, "base", nil); err != nil {
-		b.Fatal(err)
-	}
-	m, blob, err := store.Open(ctx, "base")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer blob.Close()
+	m, blob := drivertest.BaseImage(b)
 	src, _ := f.Cluster.Server("s0")
-	if _, err := src.PutImage(ctx, m, blob); err != nil {
+	if _, err := src.PutImage(ctx, m, bytes.NewReader(blob)); err != nil {
 		b.Fatal(err)
 	}
 	if _, err := src.Create(ctx, &container.Spec{Name: "big", Image: "base"}); err != nil {

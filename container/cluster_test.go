@@ -4,56 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/driver"
-	"github.com/musterkit/muster/container/image"
+	"github.com/musterkit/muster/container/drivertest"
 	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/errcode"
 )
-
-var (
-	baseManifest *image.Manifest
-	baseBlob     []byte
-)
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "container-test-")
-	if err == nil {
-		err = buildBase(dir)
-		os.RemoveAll(dir)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "building the base image:", err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
-
-func buildBase(dir string) error {
-	ctx := context.Background()
-	store, err := image.OpenStore(dir)
-	if err != nil {
-		return err
-	}
-	if _, err := image.BuildBase(ctx, store, "base", nil); err != nil {
-		return err
-	}
-	m, rc, err := store.Open(ctx, "base")
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	baseManifest = m
-	baseBlob, err = io.ReadAll(rc)
-	return err
-}
 
 // failingImport fails every Import after reading limit bytes of the stream,
 // as a target that dies mid-transfer does.
@@ -84,7 +45,8 @@ func newCluster(t *testing.T) (*container.Cluster, []byte) {
 		}
 	}
 	a, _ := cl.Server("a")
-	if _, err := a.PutImage(ctx, baseManifest, bytes.NewReader(baseBlob)); err != nil {
+	m, blob := drivertest.BaseImage(t)
+	if _, err := a.PutImage(ctx, m, bytes.NewReader(blob)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.Create(ctx, &container.Spec{Name: "web", Image: "base"}); err != nil {

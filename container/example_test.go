@@ -1,7 +1,6 @@
 package container_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log"
@@ -17,19 +16,8 @@ import (
 // are the same.
 func Example() {
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "example-")
-	defer os.RemoveAll(dir)
-	store, _ := image.OpenStore(dir)
-	if _, err := image.BuildBase(ctx, store, "base", nil); err != nil {
-		log.Fatal(err)
-	}
-	m, blob, _ := store.Open(ctx, "base")
-	defer blob.Close()
-
 	srv := container.NewServer(memcontainer.New(nil), nil)
-	if _, err := srv.PutImage(ctx, m, blob); err != nil {
-		log.Fatal(err)
-	}
+	putBaseImage(ctx, srv)
 	if _, err := srv.Create(ctx, &container.Spec{
 		Name:   "web",
 		Image:  "base",
@@ -59,7 +47,7 @@ func ExampleCluster_Move() {
 		cl.Add(name, container.NewServer(memcontainer.New(nil), nil))
 	}
 	s1, _ := cl.Server("s1")
-	s1.PutImage(ctx, baseManifest, bytes.NewReader(baseBlob))
+	putBaseImage(ctx, s1)
 	s1.Create(ctx, &container.Spec{Name: "db", Image: "base"})
 	s1.Start(ctx, "db")
 
@@ -81,4 +69,19 @@ func ExampleCluster_Move() {
 	// cleanup
 	// done
 	// s2 running
+}
+
+// putBaseImage builds the offline busybox base image and puts it on srv.
+func putBaseImage(ctx context.Context, srv *container.Server) {
+	dir, _ := os.MkdirTemp("", "example-")
+	defer os.RemoveAll(dir)
+	store, _ := image.OpenStore(dir)
+	if _, err := image.BuildBase(ctx, store, "base", nil); err != nil {
+		log.Fatal(err)
+	}
+	m, blob, _ := store.Open(ctx, "base")
+	defer blob.Close()
+	if _, err := srv.PutImage(ctx, m, blob); err != nil {
+		log.Fatal(err)
+	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -18,7 +19,6 @@ import (
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/drivertest"
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/internal/fleet"
 	"github.com/musterkit/muster/internal/roottest"
 )
@@ -55,22 +55,9 @@ func startFleet(t *testing.T, n int) *fleet.Fleet {
 			t.Errorf("closing the fleet: %v", err)
 		}
 	})
-	dir := t.TempDir()
-	store, err := image.OpenStore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := image.BuildBase(ctx, store, "base", nil); err != nil {
-		t.Fatal(err)
-	}
+	m, blob := drivertest.BaseImage(t)
 	for _, s := range f.Servers {
-		m, blob, err := store.Open(ctx, "base")
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = s.Client.PutImage(ctx, m, blob)
-		blob.Close()
-		if err != nil {
+		if _, err := s.Client.PutImage(ctx, m, bytes.NewReader(blob)); err != nil {
 			t.Fatal(err)
 		}
 	}
