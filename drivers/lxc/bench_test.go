@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -15,13 +16,14 @@ import (
 //
 //	MUSTER_ROOT_TESTS=1 go test -run '^$' -bench . -benchtime 20x ./drivers/lxc/
 //
-// Both benchmarks make a container of the busybox base image, start it, stop
-// it gracefully and delete it, and report the median of each phase in ms.
-// The CLI peer makes the same container the same way (same image unpacked,
-// same config) and runs the LXC programs: lxc-start and lxc-wait, lxc-stop,
-// lxc-destroy.
+// Each iteration makes a busybox container, starts it, stops it gracefully
+// and deletes it twice, interleaved so both see the same machine: once
+// through the SDK (the base image), once with the LXC programs
+// (lxc-create -t busybox, lxc-start + lxc-wait, lxc-stop, lxc-destroy) in
+// another lxcpath. It reports the median of each phase in ms and the
+// SDK/CLI ratio of the medians of start and of the whole cycle.
 
-// phases collects the durations of an iteration's phases.
+// phases collects the durations of each iteration's phases.
 type phases map[string][]time.Duration
 
 func (p phases) time(name string, f func() error) error {
@@ -31,77 +33,63 @@ func (p phases) time(name string, f func() error) error {
 	return err
 }
 
-func (p phases) report(b *testing.B) {
-	for name, ds := range p {
-		slices.Sort(ds)
-		b.ReportMetric(float64(ds[len(ds)/2])/float64(time.Millisecond), name+"-ms")
-	}
+func (p phases) median(name string) float64 {
+	ds := slices.Sorted(slices.Values(p[name]))
+	return float64(ds[len(ds)/2]) / float64(time.Millisecond)
 }
 
 func BenchmarkCreateStartStop(b *testing.B) {
 	d := openTest(b)
 	ctx := context.Background()
-	p := phases{}
-	for b.Loop() {
-		err := p.time("create", func() error {
-			_, err := d.Create(ctx, &driver.Spec{Name: "bench", Image: baseImage})
-			return err
-		})
-		if err == nil {
-			err = p.time("start", func() error { return d.Start(ctx, "bench") })
-		}
-		if err == nil {
-			err = p.time("stop", func() error { return d.Stop(ctx, "bench", 10*time.Second) })
-		}
-		if err == nil {
-			err = p.time("delete", func() error { return d.Delete(ctx, "bench") })
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
+	cliPath := filepath.Join(b.TempDir(), "cli")
+	peerConf := filepath.Join(b.TempDir(), "peer.conf")
+	// The CLI peer's defaults: no network (the SDK container has none
+	// either) and no AppArmor profile, as the driver's config.
+	if err := os.WriteFile(peerConf, []byte("lxc.net.0.type = empty\nlxc.apparmor.profile = unconfined\n"), 0o644); err != nil {
+		b.Fatal(err)
 	}
-	p.report(b)
-}
-
-func BenchmarkCLICreateStartStop(b *testing.B) {
-	d := openTest(b)
-	ctx := context.Background()
 	lxc := func(prog string, args ...string) error {
-		out, err := exec.Command(prog, append([]string{"-P", d.lxcpath, "-n", "bench"}, args...)...).CombinedOutput()
+		out, err := exec.Command(prog, append([]string{"-P", cliPath, "-n", "bench"}, args...)...).CombinedOutput()
 		if err != nil {
 			b.Fatalf("%s: %v: %s", prog, err, out)
 		}
 		return nil
 	}
-	spec := &driver.Spec{Name: "bench", Image: baseImage}
-	p := phases{}
+	sdk, cli := phases{}, phases{}
 	for b.Loop() {
-		p.time("create", func() error {
-			dir := d.path("bench")
-			if err := os.Mkdir(dir, 0o700); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := d.images.Unpack(ctx, baseImage, d.path("bench", "rootfs")); err != nil {
-				b.Fatal(err)
-			}
-			if err := setHostname(d.path("bench", "rootfs"), "bench"); err != nil {
-				b.Fatal(err)
-			}
-			conf, err := renderConfig(spec, configEnv{LXCPath: d.lxcpath, Cgroups: d.cgroups})
-			if err == nil {
-				err = os.WriteFile(d.path("bench", "config"), conf, 0o600)
-			}
-			if err != nil {
-				b.Fatal(err)
-			}
-			return nil
+		began := time.Now()
+		err := sdk.time("create", func() error {
+			_, err := d.Create(ctx, &driver.Spec{Name: "bench", Image: baseImage})
+			return err
 		})
-		p.time("start", func() error {
+		if err == nil {
+			err = sdk.time("start", func() error { return d.Start(ctx, "bench") })
+		}
+		if err == nil {
+			err = sdk.time("stop", func() error { return d.Stop(ctx, "bench", 10*time.Second) })
+		}
+		sdk["cycle"] = append(sdk["cycle"], time.Since(began))
+		if err == nil {
+			err = sdk.time("delete", func() error { return d.Delete(ctx, "bench") })
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+
+		began = time.Now()
+		cli.time("create", func() error { return lxc("lxc-create", "-t", "busybox", "-f", peerConf) })
+		cli.time("start", func() error {
 			lxc("lxc-start")
 			return lxc("lxc-wait", "-s", "RUNNING", "-t", "30")
 		})
-		p.time("stop", func() error { return lxc("lxc-stop", "-t", "10") })
-		p.time("delete", func() error { return lxc("lxc-destroy") })
+		cli.time("stop", func() error { return lxc("lxc-stop", "-t", "10") })
+		cli["cycle"] = append(cli["cycle"], time.Since(began))
+		cli.time("delete", func() error { return lxc("lxc-destroy") })
 	}
-	p.report(b)
+	for _, name := range []string{"create", "start", "stop", "cycle"} {
+		b.ReportMetric(sdk.median(name), "sdk-"+name+"-ms")
+		b.ReportMetric(cli.median(name), "cli-"+name+"-ms")
+	}
+	b.ReportMetric(sdk.median("start")/cli.median("start"), "start-ratio")
+	b.ReportMetric(sdk.median("cycle")/cli.median("cycle"), "cycle-ratio")
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -380,6 +381,30 @@ func TestOpenSweepsStaging(t *testing.T) {
 	if entries := lxcpathEntries(t, d); len(entries) != 0 {
 		t.Errorf("lxcpath after Open: %v", entries)
 	}
+}
+
+// TestDestroyEndsOrphanedContainers throws away the state of a server
+// whose driver is gone while a container runs: the container's init dies
+// and the directory goes.
+func TestDestroyEndsOrphanedContainers(t *testing.T) {
+	d := openTest(t)
+	create(t, d, "orphan", nil)
+	start(t, d, "orphan")
+	info, err := d.Get(testCtx(t), "orphan")
+	if err != nil || info.PID <= 0 {
+		t.Fatalf("Get: %+v, %v", info, err)
+	}
+	dir := filepath.Dir(d.lxcpath)
+	if err := Destroy(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(info.PID, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the container's init %d still runs: %v", info.PID, err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the state directory is still there: %v", err)
+	}
+	os.MkdirAll(d.lxcpath, 0o700) // an empty server for openTest's cleanup
 }
 
 // TestServersShareMachine runs a container of the same name on two

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/musterkit/muster/agent"
 	"github.com/musterkit/muster/container"
+	"github.com/musterkit/muster/drivers/lxc"
 	"github.com/musterkit/muster/internal/testhost"
 )
 
@@ -87,7 +89,10 @@ func Start(ctx context.Context, n int, opts Options) (f *Fleet, err error) {
 	if opts.Driver == "" {
 		opts.Driver = "lxc"
 	}
-	dir, err := os.MkdirTemp("", "muster-fleet-")
+	if err := Sweep(); err != nil {
+		return nil, fmt.Errorf("sweeping leftovers of killed runs: %w", err)
+	}
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", dirPrefix, os.Getpid()))
 	if err != nil {
 		return nil, err
 	}
@@ -261,7 +266,45 @@ func (f *Fleet) Close() error {
 	if f.Hosts != nil {
 		errs = append(errs, f.Hosts.Close())
 	}
-	errs = append(errs, os.RemoveAll(f.dir))
+	errs = append(errs, destroy(f.dir))
+	return errors.Join(errs...)
+}
+
+// dirPrefix starts the name of a fleet's state directory in the temporary
+// directory; the creating process's pid follows.
+const dirPrefix = "muster-fleet-"
+
+// destroy ends whatever containers the servers under dir still run and
+// removes dir.
+func destroy(dir string) error {
+	servers, err := filepath.Glob(filepath.Join(dir, "s*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range servers {
+		errs = append(errs, lxc.Destroy(s))
+	}
+	return errors.Join(append(errs, os.RemoveAll(dir))...)
+}
+
+// Sweep destroys the state, and ends the containers, of fleets whose
+// process died without closing them. The simulated servers themselves are
+// testhost's to sweep. Start calls it.
+func Sweep() error {
+	dirs, err := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, dir := range dirs {
+		pidStr, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), dirPrefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid == os.Getpid() || syscall.Kill(pid, 0) == nil {
+			continue // not a fleet's, ours, or its process lives
+		}
+		errs = append(errs, destroy(dir))
+	}
 	return errors.Join(errs...)
 }
 
