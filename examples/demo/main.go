@@ -32,7 +32,6 @@ import (
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/internal/fleet"
-	"github.com/musterkit/muster/internal/testhost"
 )
 
 func main() {
@@ -75,9 +74,6 @@ func servers(ctx context.Context, agentBin string) (*container.Cluster, func() e
 	}
 	if _, err := os.Stat(agentBin); err != nil {
 		return nil, nil, fmt.Errorf("the agent program: %w (run make demo, or go build -o bin/ ./examples/...)", err)
-	}
-	if err := testhost.Sweep(); err != nil {
-		log.Print("sweeping leftovers of earlier runs: ", err)
 	}
 	step("starting 3 simulated servers, each a network namespace running muster-agent (LXC driver)")
 	agentLog, err := os.CreateTemp("", "muster-demo-agents-*.log")

@@ -288,15 +288,15 @@ func destroy(dir string) error {
 	return errors.Join(append(errs, os.RemoveAll(dir))...)
 }
 
-// Sweep destroys the state, and ends the containers, of fleets whose
-// process died without closing them. The simulated servers themselves are
-// testhost's to sweep. Start calls it.
+// Sweep removes what fleets whose process died without closing them left
+// behind: it ends their containers, destroys their state and, through
+// testhost.Sweep, removes their simulated servers. Start calls it.
 func Sweep() error {
 	dirs, err := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
 	if err != nil {
 		return err
 	}
-	var errs []error
+	errs := []error{testhost.Sweep()}
 	for _, dir := range dirs {
 		pidStr, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), dirPrefix), "-")
 		pid, err := strconv.Atoi(pidStr)
