@@ -41,6 +41,9 @@ var (
 	_ driver.Images      = (*Client)(nil)
 	_ driver.Snapshotter = (*Client)(nil)
 	_ driver.Transferer  = (*Client)(nil)
+	_ driver.Endpoint    = (*Client)(nil)
+	_ driver.Pusher      = (*Client)(nil)
+	_ driver.Puller      = (*Client)(nil)
 	_ driver.Host        = (*Client)(nil)
 	_ driver.Autostarter = (*Client)(nil)
 )
@@ -243,6 +246,65 @@ func (c *Client) Import(ctx context.Context, r io.Reader, rename string) (*drive
 	return decode[*driver.Info](c.roundTrip(ctx, http.MethodPost, path, nil, r))
 }
 
+// Endpoint implements driver.Endpoint: it returns the address the client
+// dialled. Other agents dial it for Push and Pull, so it must be reachable
+// from them, and the agent's certificate must name its host (they do not
+// know ClientOptions.ServerName).
+func (c *Client) Endpoint() string { return c.addr }
+
+// Push implements driver.Pusher. The agent dials the agent at target with
+// its own credentials and streams the container to it; cancelling ctx
+// cancels both. progress receives the agent's reports.
+func (c *Client) Push(ctx context.Context, name, target, rename string, progress func(bytes int64)) (*driver.Info, error) {
+	return c.transfer(ctx, apiPath("containers", name, "push"), transferRequest{Peer: target, Rename: rename}, progress)
+}
+
+// Pull implements driver.Puller. The agent dials the agent at source with
+// its own credentials and streams the container from it; cancelling ctx
+// cancels both. progress receives the agent's reports.
+func (c *Client) Pull(ctx context.Context, source, name, rename string, progress func(bytes int64)) (*driver.Info, error) {
+	return c.transfer(ctx, apiPath("pull", name), transferRequest{Peer: source, Rename: rename}, progress)
+}
+
+// transfer runs a push or pull call: it passes the progress frames of the
+// reply to progress (if not nil) and returns the outcome its last frame
+// carries. A reply cut before that frame is errcode.Unavailable.
+func (c *Client) transfer(ctx context.Context, path string, req transferRequest, progress func(int64)) (*driver.Info, error) {
+	body, err := jsonBody(http.MethodPost, path, req)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.roundTrip(ctx, http.MethodPost, path, nil, body)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var f transferFrame
+		if err := dec.Decode(&f); err != nil {
+			switch {
+			case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF):
+				err = errcode.New(errcode.Unavailable, "agent %s: the transfer's reply ended without an outcome", c.addr)
+			case errcode.Of(err) == errcode.Unknown && !isContextError(err):
+				err = errcode.New(errcode.Internal, "malformed transfer frame from the agent: %w", err)
+			}
+			return nil, err
+		}
+		switch {
+		case f.Error != nil:
+			if err := f.Error.err(); err != nil {
+				return nil, err
+			}
+			return nil, errcode.New(errcode.Internal, "agent %s: a transfer's error frame holds no error", c.addr)
+		case f.Info != nil:
+			return f.Info, nil
+		case progress != nil:
+			progress(f.Bytes)
+		}
+	}
+}
+
 // HostInfo implements driver.Host.
 func (c *Client) HostInfo(ctx context.Context) (*driver.HostInfo, error) {
 	return call[*driver.HostInfo](ctx, c, http.MethodGet, apiPath("host"), nil)
@@ -257,14 +319,22 @@ func (c *Client) StartAutostart(ctx context.Context) ([]string, error) {
 func call[T any](ctx context.Context, c *Client, method, path string, in any) (T, error) {
 	var body io.Reader
 	if in != nil {
-		data, err := json.Marshal(in)
-		if err != nil {
+		var err error
+		if body, err = jsonBody(method, path, in); err != nil {
 			var zero T
-			return zero, errcode.New(errcode.InvalidArgument, "%s %s: %w", method, path, err)
+			return zero, err
 		}
-		body = bytes.NewReader(data)
 	}
 	return decode[T](c.roundTrip(ctx, method, path, nil, body))
+}
+
+// jsonBody encodes in as the body of a call.
+func jsonBody(method, path string, in any) (io.Reader, error) {
+	data, err := json.Marshal(in)
+	if err != nil {
+		return nil, errcode.New(errcode.InvalidArgument, "%s %s: %w", method, path, err)
+	}
+	return bytes.NewReader(data), nil
 }
 
 // do is call for calls that answer nothing but an error.

@@ -1,8 +1,8 @@
 // Package agent is the per-server daemon of a cluster and its client: a
 // Server hosts a server's local container driver, and a Client, dialled to
 // it, is a remote driver.Driver (with driver.Images, Snapshotter,
-// Transferer, Host and Autostarter), so an operation on a remote container
-// is the same call as on a local one.
+// Transferer, Host, Autostarter, Endpoint, Pusher and Puller), so an
+// operation on a remote container is the same call as on a local one.
 //
 // Protocol: HTTP/2 over TLS 1.3 with mutual authentication against the
 // cluster CA (both sides present CA-issued certificates; clients need the
@@ -22,6 +22,15 @@
 // the driver a broken stream, so it rolls back. Cancelling a call's
 // context resets its HTTP/2 stream, which cancels the driver's context on
 // the server.
+//
+// Push and pull move a container between two agents without the caller
+// relaying it: POST /v1/containers/{name}/push and POST /v1/pull/{name}
+// (the name is the container's on the peer) take a JSON {"peer",
+// "rename"}; the agent checks them, dials the peer agent with its own
+// credentials, so the cluster CA vouches for both ends, and pipes one
+// driver's export into the other's import, cancelling both if either
+// fails. The reply is newline-delimited JSON: {"bytes": N} progress
+// frames, then {"info": ...} or {"error": {"code", "message"}}.
 //
 // Joining: an Authority holds the cluster CA and makes one-time tokens,
 // "muster1.<secret>.<CA fingerprint>". A new server calls Join with a

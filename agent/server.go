@@ -3,12 +3,15 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -39,7 +42,9 @@ type Server struct {
 // NewServer returns a Server that serves d with creds. d's optional
 // interfaces (driver.Images, Snapshotter, Transferer, Host, Autostarter)
 // are served if it implements them; their calls fail with
-// errcode.Unimplemented otherwise. opts may be nil.
+// errcode.Unimplemented otherwise. A d with driver.Transferer is also
+// served as a driver.Pusher and driver.Puller: the Server then dials the
+// other agent with creds, which therefore need UsageAgent. opts may be nil.
 func NewServer(creds *Credentials, d driver.Driver, opts *ServerOptions) *Server {
 	s := &Server{creds: creds, log: slog.New(slog.DiscardHandler), shutdown: 10 * time.Second}
 	if opts != nil {
@@ -50,7 +55,7 @@ func NewServer(creds *Credentials, d driver.Driver, opts *ServerOptions) *Server
 			s.shutdown = opts.ShutdownTimeout
 		}
 	}
-	s.handler = s.logged(routes(d))
+	s.handler = s.logged(s.routes(d))
 	return s
 }
 
@@ -145,7 +150,7 @@ func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // routes maps the protocol onto d. A route of an optional interface that d
 // lacks falls through to the catch-all, which answers Unimplemented.
-func routes(d driver.Driver) *http.ServeMux {
+func (s *Server) routes(d driver.Driver) *http.ServeMux {
 	mux := http.NewServeMux()
 	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, validated(h)) }
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -212,6 +217,17 @@ func routes(d driver.Driver) *http.ServeMux {
 		})
 		route("POST /v1/import", importContainer)
 		route("POST /v1/import/{name}", importContainer)
+		route("POST /v1/containers/{name}/push", func(w http.ResponseWriter, r *http.Request) {
+			s.serveTransfer(w, r, func(ctx context.Context, peer *Client, rename string, progress func(int64)) (*driver.Info, error) {
+				return driver.Pipe(ctx, t, r.PathValue("name"), peer, rename, progress)
+			})
+		})
+		// The name is the container's on the peer.
+		route("POST /v1/pull/{name}", func(w http.ResponseWriter, r *http.Request) {
+			s.serveTransfer(w, r, func(ctx context.Context, peer *Client, rename string, progress func(int64)) (*driver.Info, error) {
+				return driver.Pipe(ctx, peer, r.PathValue("name"), t, rename, progress)
+			})
+		})
 	}
 	if im, ok := d.(driver.Images); ok {
 		route("PUT /v1/images/{name}", reply(func(r *http.Request) (*image.Manifest, error) {
@@ -260,6 +276,75 @@ func routes(d driver.Driver) *http.ServeMux {
 // stopRequest is the body of a stop call.
 type stopRequest struct {
 	Timeout time.Duration `json:"timeout"`
+}
+
+// serveTransfer serves a push or a pull: it checks the request, dials the
+// peer agent with the server's own credentials, and runs pipe between the
+// two, cancelled if the caller goes away. Errors up to the dial are
+// ordinary error replies; then the reply streams transferFrames.
+func (s *Server) serveTransfer(w http.ResponseWriter, r *http.Request, pipe func(ctx context.Context, peer *Client, rename string, progress func(int64)) (*driver.Info, error)) {
+	var req transferRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := req.validate(); err != nil {
+		writeError(w, err)
+		return
+	}
+	peer, err := Dial(r.Context(), req.Peer, s.creds, nil)
+	if err != nil {
+		writeError(w, fmt.Errorf("peer: %w", err))
+		return
+	}
+	defer peer.Close()
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	send := func(f transferFrame) {
+		if enc.Encode(f) == nil {
+			rc.Flush()
+		}
+	}
+	info, err := pipe(r.Context(), peer, req.Rename, func(n int64) { send(transferFrame{Bytes: n}) })
+	if err != nil {
+		st := statusOf(err)
+		send(transferFrame{Error: &st})
+		return
+	}
+	send(transferFrame{Info: info})
+}
+
+// validate checks a push or pull request.
+func (req *transferRequest) validate() error {
+	if req.Rename != "" {
+		if err := image.ValidName(req.Rename); err != nil {
+			return fmt.Errorf("rename: %w", err)
+		}
+	}
+	host, port, err := net.SplitHostPort(req.Peer)
+	if err != nil {
+		return errcode.New(errcode.InvalidArgument, "peer address %q is not host:port", req.Peer)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return errcode.New(errcode.InvalidArgument, "peer address %q: port %q is not 1 to 65535", req.Peer, port)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a.Zone() != "" || a.IsUnspecified() {
+			return errcode.New(errcode.InvalidArgument, "peer address %q: the IP address must be specified and have no zone", req.Peer)
+		}
+		return nil
+	}
+	if len(host) > 253 {
+		return errcode.New(errcode.InvalidArgument, "peer address %q: the host name is longer than 253 bytes", req.Peer)
+	}
+	for label := range strings.SplitSeq(host, ".") {
+		if err := image.ValidName(label); err != nil {
+			return errcode.New(errcode.InvalidArgument, "peer address %q: the host is neither an IP address nor a DNS name: %w", req.Peer, err)
+		}
+	}
+	return nil
 }
 
 // validated checks every wildcard of the route's pattern before h runs: a

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/errcode"
 )
 
@@ -22,6 +23,24 @@ const (
 	manifestHeader = "Muster-Manifest" // put-image request, open-image response: the image.Manifest
 	statusHeader   = "Muster-Status"   // trailer of a streamed response: its status
 )
+
+// transferRequest is the body of a push or pull call.
+type transferRequest struct {
+	// Peer is the other agent's address, host:port: the target of a
+	// push, the source of a pull.
+	Peer string `json:"peer"`
+	// Rename, if not empty, names the container on the target.
+	Rename string `json:"rename,omitempty"`
+}
+
+// transferFrame is one line of a push or pull reply, which is
+// newline-delimited JSON: progress frames with the archive bytes streamed
+// so far, then one last frame with the outcome, Info or Error.
+type transferFrame struct {
+	Bytes int64        `json:"bytes,omitempty"`
+	Info  *driver.Info `json:"info,omitempty"`
+	Error *status      `json:"error,omitempty"`
+}
 
 // maxJSONBody bounds a JSON request or reply body.
 const maxJSONBody = 8 << 20

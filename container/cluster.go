@@ -4,14 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
 )
@@ -214,15 +215,49 @@ type Event struct {
 	Container string
 	From, To  string
 	Phase     Phase
-	// Bytes is how many archive bytes have reached the target so far.
+	// Bytes is how many archive bytes have been streamed to the target so
+	// far, as the streaming process counts them: the caller (Relay), the
+	// source (Push) or the target (Pull).
 	Bytes int64
 	Err   error // set on PhaseRollback
+}
+
+// TransferMode says which process streams a container between servers.
+type TransferMode int
+
+const (
+	// Relay, the default, streams through the caller: it reads the
+	// source's export and writes it to the target's import. Both
+	// servers' drivers must implement driver.Transferer.
+	Relay TransferMode = iota
+	// Push has the source server stream straight to the target server.
+	// The source's driver must implement driver.Pusher, the target's
+	// driver.Endpoint (agent.Client implements both).
+	Push
+	// Pull has the target server fetch straight from the source server.
+	// The target's driver must implement driver.Puller, the source's
+	// driver.Endpoint (agent.Client implements both).
+	Pull
+)
+
+var transferModes = [...]string{Relay: "relay", Push: "push", Pull: "pull"}
+
+// String returns the mode's name: "relay", "push" or "pull".
+func (m TransferMode) String() string {
+	if m < 0 || int(m) >= len(transferModes) {
+		return fmt.Sprintf("TransferMode(%d)", int(m))
+	}
+	return transferModes[m]
 }
 
 // TransferOptions configure Copy and Move. The zero value is usable.
 type TransferOptions struct {
 	// Rename gives the container a new name on the target.
 	Rename string
+	// Mode says which process streams the container (Relay if zero). A
+	// mode that a server's driver cannot take part in fails with
+	// errcode.Unimplemented before anything changes.
+	Mode TransferMode
 	// StopTimeout bounds the graceful stop of a running source
 	// (DefaultStopTimeout if zero).
 	StopTimeout time.Duration
@@ -234,7 +269,8 @@ type TransferOptions struct {
 // Copy puts a copy of a container on another server, leaving the source
 // in place: a running source is stopped for the transfer and started again
 // after, and the copy is started if the source was running. On any failure
-// the target is cleaned up and the source is left as it was.
+// the target is cleaned up and the source is left as it was. Only the
+// streaming step depends on TransferOptions.Mode.
 func (c *Cluster) Copy(ctx context.Context, name, from, to string, opts *TransferOptions) (*Info, error) {
 	return c.transfer(ctx, name, from, to, opts, false)
 }
@@ -266,6 +302,9 @@ func (c *Cluster) transfer(ctx context.Context, name, from, to string, opts *Tra
 		return nil, fmt.Errorf("%s container %q: %w", op, name, err)
 	}
 	t := &transfer{c: c, name: name, from: from, to: to, src: src, dst: dst, opts: o}
+	if t.stream, err = t.streamer(); err != nil {
+		return nil, fmt.Errorf("%s container %q from %q to %q: %w", op, name, from, to, err)
+	}
 	info, err = t.run(ctx, move)
 	if err != nil {
 		return nil, fmt.Errorf("%s container %q from %q to %q: %w", op, name, from, to, err)
@@ -279,12 +318,15 @@ type transfer struct {
 	name, from, to string
 	src, dst       *Server
 	opts           TransferOptions
-	bytes          atomic.Int64 // archive bytes read by the target
+	bytes          atomic.Int64 // archive bytes streamed so far (see Event.Bytes)
+	// stream streams the stopped source to the target, named target
+	// there, in the transfer's mode.
+	stream func(ctx context.Context, target string) error
 }
 
 func (t *transfer) emit(phase Phase, err error) {
 	n := t.bytes.Load()
-	t.c.log.Info("container transfer", "container", t.name, "from", t.from, "to", t.to, "phase", phase, "bytes", n, "err", err)
+	t.c.log.Info("container transfer", "container", t.name, "from", t.from, "to", t.to, "mode", t.opts.Mode, "phase", phase, "bytes", n, "err", err)
 	if t.opts.Progress != nil {
 		t.opts.Progress(Event{Container: t.name, From: t.from, To: t.to, Phase: phase, Bytes: n, Err: err})
 	}
@@ -374,55 +416,76 @@ func (t *transfer) run(ctx context.Context, move bool) (_ *Info, err error) {
 	return info, nil
 }
 
-// stream pipes the source's export into the target's import. A failure on
-// either side cancels the other.
-func (t *transfer) stream(ctx context.Context, target string) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pr, pw := io.Pipe()
-	exported := make(chan error, 1)
-	go func() {
-		err := t.src.Export(ctx, t.name, pw)
-		pw.CloseWithError(err) // nil closes cleanly: the importer sees EOF
-		if err != nil {
-			cancel()
+// streamer returns the stream function of the transfer's mode, or
+// errcode.Unimplemented if a server's driver cannot take part in it.
+func (t *transfer) streamer() (func(ctx context.Context, target string) error, error) {
+	mode := t.opts.Mode
+	switch mode {
+	case Relay:
+		if _, err := capability[driver.Transferer](mode, t.from, t.src); err != nil {
+			return nil, err
 		}
-		exported <- err
-	}()
-	_, err := t.dst.Import(ctx, &countingReader{r: pr, t: t}, renameTo(t.name, target))
-	pr.CloseWithError(errImportEnded) // unblock the exporter
-	if err != nil {
-		cancel()
+		if _, err := capability[driver.Transferer](mode, t.to, t.dst); err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, target string) error {
+			_, err := driver.Pipe(ctx, t.src, t.name, t.dst, renameTo(t.name, target), t.progress)
+			return err
+		}, nil
+	case Push:
+		p, err := capability[driver.Pusher](mode, t.from, t.src)
+		if err != nil {
+			return nil, err
+		}
+		e, err := capability[driver.Endpoint](mode, t.to, t.dst)
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, target string) error {
+			return t.src.call(ctx, "push", t.name, func() error {
+				_, err := p.Push(ctx, t.name, e.Endpoint(), renameTo(t.name, target), t.progress)
+				return err
+			})
+		}, nil
+	case Pull:
+		p, err := capability[driver.Puller](mode, t.to, t.dst)
+		if err != nil {
+			return nil, err
+		}
+		e, err := capability[driver.Endpoint](mode, t.from, t.src)
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, target string) error {
+			return t.dst.call(ctx, "pull", t.name, func() error {
+				_, err := p.Pull(ctx, e.Endpoint(), t.name, renameTo(t.name, target), t.progress)
+				return err
+			})
+		}, nil
 	}
-	exportErr := <-exported
-	if errors.Is(exportErr, errImportEnded) || errors.Is(exportErr, context.Canceled) && err != nil {
-		exportErr = nil // a consequence of the import's end, not a cause
-	}
-	return errors.Join(exportErr, err)
+	return nil, errcode.New(errcode.InvalidArgument, "unknown transfer mode %v", mode)
 }
 
-var errImportEnded = errors.New("the import ended before the export")
+// capability returns the driver of s, the server named name, as a D, or
+// errcode.Unimplemented if it is none.
+func capability[D any](mode TransferMode, name string, s *Server) (D, error) {
+	d, ok := s.d.(D)
+	if !ok {
+		return d, errcode.New(errcode.Unimplemented, "%v mode: the driver of server %q does not implement %v", mode, name, reflect.TypeFor[D]())
+	}
+	return d, nil
+}
+
+// progress records that total archive bytes reached the target, and
+// reports it.
+func (t *transfer) progress(total int64) {
+	t.bytes.Store(total)
+	t.emit(PhaseTransfer, nil)
+}
 
 func renameTo(name, target string) string {
 	if target == name {
 		return ""
 	}
 	return target
-}
-
-// countingReader reports transfer progress about every 4 MiB.
-type countingReader struct {
-	r        io.Reader
-	t        *transfer
-	reported int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	total := c.t.bytes.Add(int64(n))
-	if total-c.reported >= 4<<20 || (err == io.EOF && total != c.reported) {
-		c.reported = total
-		c.t.emit(PhaseTransfer, nil)
-	}
-	return n, err
 }

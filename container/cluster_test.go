@@ -16,30 +16,55 @@ import (
 	"github.com/musterkit/muster/errcode"
 )
 
-// failingImport fails every Import after reading limit bytes of the stream,
-// as a target that dies mid-transfer does.
-type failingImport struct {
+// peered is a memory server that, as agents do, pushes containers to and
+// pulls them from the servers of its network, found by endpoint. If
+// failAfter is not zero, its imports fail after reading that many bytes of
+// the stream, as a server that dies mid-transfer does.
+type peered struct {
 	*memcontainer.Driver
-	limit int64
+	endpoint  string
+	network   map[string]*peered
+	failAfter int64
 }
 
-func (f failingImport) Import(ctx context.Context, r io.Reader, rename string) (*driver.Info, error) {
-	n, _ := io.Copy(io.Discard, io.LimitReader(r, f.limit))
+func (p *peered) Import(ctx context.Context, r io.Reader, rename string) (*driver.Info, error) {
+	if p.failAfter == 0 {
+		return p.Driver.Import(ctx, r, rename)
+	}
+	n, _ := io.Copy(io.Discard, io.LimitReader(r, p.failAfter))
 	return nil, errcode.New(errcode.Unavailable, "target died after %d bytes", n)
 }
 
-// newCluster returns a cluster of memory servers a, b and c (c fails
-// imports), with the base image on a, and a running container "web"
+func (p *peered) Endpoint() string { return p.endpoint }
+
+func (p *peered) Push(ctx context.Context, name, target, rename string, progress func(int64)) (*driver.Info, error) {
+	return driver.Pipe(ctx, p, name, p.network[target], rename, progress)
+}
+
+func (p *peered) Pull(ctx context.Context, source, name, rename string, progress func(int64)) (*driver.Info, error) {
+	return driver.Pipe(ctx, p.network[source], name, p, rename, progress)
+}
+
+var (
+	_ driver.Pusher   = (*peered)(nil)
+	_ driver.Puller   = (*peered)(nil)
+	_ driver.Endpoint = (*peered)(nil)
+)
+
+// newCluster returns a cluster of peered memory servers a, b and c (c
+// fails imports), with the base image on a, and a running container "web"
 // holding /root/data on a.
 func newCluster(t *testing.T) (*container.Cluster, []byte) {
 	t.Helper()
 	ctx := context.Background()
 	cl := container.NewCluster(nil)
+	network := map[string]*peered{}
 	for _, name := range []string{"a", "b", "c"} {
-		var d driver.Driver = memcontainer.New(&memcontainer.Options{Hostname: name})
+		d := &peered{Driver: memcontainer.New(&memcontainer.Options{Hostname: name}), endpoint: name + ":7444", network: network}
 		if name == "c" {
-			d = failingImport{memcontainer.New(nil), 64 << 10}
+			d.failAfter = 64 << 10
 		}
+		network[d.endpoint] = d
 		if err := cl.Add(name, container.NewServer(d, nil)); err != nil {
 			t.Fatal(err)
 		}
@@ -71,12 +96,23 @@ func readData(t *testing.T, s *container.Server, name string) []byte {
 	return out.Bytes()
 }
 
+// transferModes runs f in a subtest for each transfer mode.
+func transferModes(t *testing.T, f func(t *testing.T, mode container.TransferMode)) {
+	for _, mode := range []container.TransferMode{container.Relay, container.Push, container.Pull} {
+		t.Run(mode.String(), func(t *testing.T) { f(t, mode) })
+	}
+}
+
 func TestMoveKeepsFilesAndReportsProgress(t *testing.T) {
+	transferModes(t, testMoveKeepsFilesAndReportsProgress)
+}
+
+func testMoveKeepsFilesAndReportsProgress(t *testing.T, mode container.TransferMode) {
 	ctx := context.Background()
 	cl, data := newCluster(t)
 	var phases []container.Phase
 	var lastBytes int64
-	info, err := cl.Move(ctx, "web", "a", "b", &container.TransferOptions{Progress: func(e container.Event) {
+	info, err := cl.Move(ctx, "web", "a", "b", &container.TransferOptions{Mode: mode, Progress: func(e container.Event) {
 		if len(phases) == 0 || phases[len(phases)-1] != e.Phase {
 			phases = append(phases, e.Phase)
 		}
@@ -110,10 +146,14 @@ func TestMoveKeepsFilesAndReportsProgress(t *testing.T) {
 }
 
 func TestMoveToFailingTargetLeavesSourceRunning(t *testing.T) {
+	transferModes(t, testMoveToFailingTargetLeavesSourceRunning)
+}
+
+func testMoveToFailingTargetLeavesSourceRunning(t *testing.T, mode container.TransferMode) {
 	ctx := context.Background()
 	cl, data := newCluster(t)
 	var rolledBack bool
-	_, err := cl.Move(ctx, "web", "a", "c", &container.TransferOptions{Progress: func(e container.Event) {
+	_, err := cl.Move(ctx, "web", "a", "c", &container.TransferOptions{Mode: mode, Progress: func(e container.Event) {
 		rolledBack = rolledBack || e.Phase == container.PhaseRollback
 	}})
 	if !errors.Is(err, errcode.Unavailable) || !strings.Contains(err.Error(), "target died") {
@@ -201,6 +241,40 @@ func TestTransferRejects(t *testing.T) {
 	a, _ := cl.Server("a")
 	if info, _ := a.Get(ctx, "web"); info == nil || info.State != container.Running {
 		t.Fatal("a refused move touched the source")
+	}
+}
+
+// TestDirectModesNeedDriverSupport moves to and from a plain memory
+// server, which has no endpoint and neither pushes nor pulls.
+func TestDirectModesNeedDriverSupport(t *testing.T) {
+	ctx := context.Background()
+	cl, data := newCluster(t)
+	plain := container.NewServer(memcontainer.New(nil), nil)
+	if err := cl.Add("plain", plain); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []container.TransferMode{container.Push, container.Pull} {
+		var events []container.Event
+		_, err := cl.Move(ctx, "web", "a", "plain", &container.TransferOptions{Mode: mode, Progress: func(e container.Event) { events = append(events, e) }})
+		if !errors.Is(err, errcode.Unimplemented) {
+			t.Errorf("%v to a server without an endpoint: got %v, want Unimplemented", mode, err)
+		}
+		if len(events) != 0 {
+			t.Errorf("%v: a refused move reported %+v", mode, events)
+		}
+	}
+	if _, err := cl.Move(ctx, "web", "a", "b", &container.TransferOptions{Mode: 7}); !errors.Is(err, errcode.InvalidArgument) {
+		t.Errorf("move in an unknown mode: got %v, want InvalidArgument", err)
+	}
+	a, _ := cl.Server("a")
+	if info, err := a.Get(ctx, "web"); err != nil || info.State != container.Running {
+		t.Fatalf("source after refused moves: %+v, %v; want running", info, err)
+	}
+	if !bytes.Equal(readData(t, a, "web"), data) {
+		t.Fatal("source's file changed")
+	}
+	if list, _ := plain.List(ctx); len(list) != 0 {
+		t.Fatalf("the plain server got %d containers", len(list))
 	}
 }
 

@@ -100,6 +100,44 @@ type Transferer interface {
 	Import(ctx context.Context, r io.Reader, rename string) (*Info, error)
 }
 
+// Endpoint is implemented by remote drivers (agent.Client): drivers that
+// reach their server over the network, at an address other servers of the
+// cluster can reach it at too. Push and Pull are given such addresses.
+type Endpoint interface {
+	// Endpoint returns the server's address, host:port.
+	Endpoint() string
+}
+
+// Pusher is implemented by drivers whose server can stream a container
+// straight to another server, without the caller relaying the bytes.
+type Pusher interface {
+	// Push streams the stopped container name to the server at endpoint
+	// target (an Endpoint of that server's driver), which imports it as
+	// Import does, named rename if that is not empty, and returns the
+	// copy, created stopped there. The container stays here. progress,
+	// if not nil, is called as in Pipe with the archive bytes sent so
+	// far, never after Push returns. errcode.NotFound if the container
+	// is unknown, errcode.FailedPrecondition if it is not stopped,
+	// errcode.AlreadyExists if the target has a container of that name,
+	// errcode.InvalidArgument for a malformed target, errcode.Unavailable
+	// if the target cannot be reached, errcode.PermissionDenied if it is
+	// not of the cluster, errcode.Unimplemented if either server cannot
+	// export or import. On any failure nothing is left on the target.
+	Push(ctx context.Context, name, target, rename string, progress func(bytes int64)) (*Info, error)
+}
+
+// Puller is implemented by drivers whose server can fetch a container
+// straight from another server, without the caller relaying the bytes.
+type Puller interface {
+	// Pull streams the stopped container name from the server at endpoint
+	// source (an Endpoint of that server's driver) and imports it here as
+	// Import does, named rename if that is not empty; the container stays
+	// on the source. progress is as for Push, with the bytes received.
+	// The errors are Push's, with the roles of the servers swapped; on
+	// any failure nothing is left here.
+	Pull(ctx context.Context, source, name, rename string, progress func(bytes int64)) (*Info, error)
+}
+
 // Host is implemented by drivers that report on the server they run on.
 type Host interface {
 	HostInfo(ctx context.Context) (*HostInfo, error)

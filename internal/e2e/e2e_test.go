@@ -160,8 +160,12 @@ func fill(t *testing.T, srv *container.Server, name string, n int) {
 	}
 }
 
+// modes are the transfer modes, in the order the tests run them.
+var modes = []container.TransferMode{container.Relay, container.Push, container.Pull}
+
 // TestMoveBetweenHostsIsByteIdentical moves a running container between
-// two simulated servers and compares its whole root filesystem.
+// two simulated servers, back and forth once in each transfer mode, and
+// compares its whole root filesystem with the original's each time.
 func TestMoveBetweenHostsIsByteIdentical(t *testing.T) {
 	f := startFleet(t, 2)
 	ctx := context.Background()
@@ -180,32 +184,46 @@ func TestMoveBetweenHostsIsByteIdentical(t *testing.T) {
 	if err := src.Start(ctx, "mover"); err != nil {
 		t.Fatal(err)
 	}
-	var transferred int64
-	info, err := f.Cluster.Move(ctx, "mover", "s0", "s1", &container.TransferOptions{Progress: func(e container.Event) { transferred = e.Bytes }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.State != container.Running || info.Spec.Labels["app"] != "mover" {
-		t.Fatalf("moved container: %+v", info)
-	}
-	if transferred < 8<<20 {
-		t.Fatalf("progress reported %d bytes for 8 MiB of data", transferred)
-	}
-	dst, _ := f.Cluster.Server("s1")
-	if err := dst.Stop(ctx, "mover", 0); err != nil {
-		t.Fatal(err)
-	}
-	if after := treeDigest(t, rootfs(f.Servers[1], "mover")); after != before {
-		t.Fatal("the moved container's root filesystem differs from the source's")
-	}
-	if _, err := os.Stat(rootfs(f.Servers[0], "mover")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("the source's rootfs is still there: %v", err)
+	at := 0 // the server holding the container
+	for _, mode := range modes {
+		ok := t.Run(mode.String(), func(t *testing.T) {
+			from, to := f.Servers[at], f.Servers[1-at]
+			var transferred int64
+			info, err := f.Cluster.Move(ctx, "mover", from.Name, to.Name, &container.TransferOptions{Mode: mode, Progress: func(e container.Event) { transferred = e.Bytes }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			at = 1 - at
+			if info.State != container.Running || info.Spec.Labels["app"] != "mover" {
+				t.Fatalf("moved container: %+v", info)
+			}
+			if transferred < 8<<20 {
+				t.Fatalf("progress reported %d bytes for 8 MiB of data", transferred)
+			}
+			dst, _ := f.Cluster.Server(to.Name)
+			if err := dst.Stop(ctx, "mover", 0); err != nil {
+				t.Fatal(err)
+			}
+			if after := treeDigest(t, rootfs(to, "mover")); after != before {
+				t.Fatal("the moved container's root filesystem differs from the original's")
+			}
+			if _, err := os.Stat(rootfs(from, "mover")); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the source's rootfs is still there: %v", err)
+			}
+			if err := dst.Start(ctx, "mover"); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if !ok {
+			break // the container is not where the next mode expects it
+		}
 	}
 }
 
 // TestMoveTargetDiesMidTransfer kills the target's agent while the
-// container streams to it: the move fails, the source runs as before with
-// the same files, and the target, once back, holds nothing of it.
+// container streams to it, in each transfer mode: the move fails, the
+// source runs as before with the same files, and the target, once back,
+// holds nothing of it.
 func TestMoveTargetDiesMidTransfer(t *testing.T) {
 	f := startFleet(t, 2)
 	ctx := context.Background()
@@ -224,43 +242,50 @@ func TestMoveTargetDiesMidTransfer(t *testing.T) {
 	if err := src.Start(ctx, "victim"); err != nil {
 		t.Fatal(err)
 	}
-	var killed atomic.Bool
-	_, err := f.Cluster.Move(ctx, "victim", "s0", "s1", &container.TransferOptions{Progress: func(e container.Event) {
-		if e.Phase == container.PhaseTransfer && e.Bytes >= 4<<20 && !killed.Swap(true) {
-			if err := f.Servers[1].Kill(); err != nil {
-				t.Errorf("killing the target agent: %v", err)
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			var killed atomic.Bool
+			_, err := f.Cluster.Move(ctx, "victim", "s0", "s1", &container.TransferOptions{Mode: mode, Progress: func(e container.Event) {
+				if e.Phase == container.PhaseTransfer && e.Bytes >= 4<<20 && !killed.Swap(true) {
+					if err := f.Servers[1].Kill(); err != nil {
+						t.Errorf("killing the target agent: %v", err)
+					}
+				}
+			}})
+			if !killed.Load() {
+				t.Fatal("the transfer ended before the target could be killed")
 			}
-		}
-	}})
-	if !killed.Load() {
-		t.Fatal("the transfer ended before the target could be killed")
-	}
-	if err == nil {
-		t.Fatal("a move to a target that died succeeded")
-	}
-	t.Logf("move failed as it should: %v", err)
-	info, err := src.Get(ctx, "victim")
-	if err != nil || info.State != container.Running {
-		t.Fatalf("source after the failed move: %+v, %v; want running", info, err)
-	}
-	if code, err := src.Exec(ctx, "victim", &container.Process{Args: []string{"true"}}); err != nil || code != 0 {
-		t.Fatalf("source does not exec after the failed move: %d %v", code, err)
-	}
-	if err := src.Stop(ctx, "victim", 0); err != nil {
-		t.Fatal(err)
-	}
-	if after := treeDigest(t, rootfs(f.Servers[0], "victim")); after != before {
-		t.Fatal("the source's files changed")
-	}
-	if err := f.Servers[1].Restart(ctx); err != nil {
-		t.Fatal(err)
-	}
-	dst, _ := f.Cluster.Server("s1")
-	if list, err := dst.List(ctx); err != nil || len(list) != 0 {
-		t.Fatalf("target after restart: %d containers, %v", len(list), err)
-	}
-	entries, _ := os.ReadDir(filepath.Join(f.Servers[1].Dir, "containers"))
-	for _, e := range entries {
-		t.Errorf("target kept %s in its lxcpath", e.Name())
+			if err == nil {
+				t.Fatal("a move to a target that died succeeded")
+			}
+			t.Logf("move failed as it should: %v", err)
+			info, err := src.Get(ctx, "victim")
+			if err != nil || info.State != container.Running {
+				t.Fatalf("source after the failed move: %+v, %v; want running", info, err)
+			}
+			if code, err := src.Exec(ctx, "victim", &container.Process{Args: []string{"true"}}); err != nil || code != 0 {
+				t.Fatalf("source does not exec after the failed move: %d %v", code, err)
+			}
+			if err := src.Stop(ctx, "victim", 0); err != nil {
+				t.Fatal(err)
+			}
+			if after := treeDigest(t, rootfs(f.Servers[0], "victim")); after != before {
+				t.Fatal("the source's files changed")
+			}
+			if err := src.Start(ctx, "victim"); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Servers[1].Restart(ctx); err != nil {
+				t.Fatal(err)
+			}
+			dst, _ := f.Cluster.Server("s1")
+			if list, err := dst.List(ctx); err != nil || len(list) != 0 {
+				t.Fatalf("target after restart: %d containers, %v", len(list), err)
+			}
+			entries, _ := os.ReadDir(filepath.Join(f.Servers[1].Dir, "containers"))
+			for _, e := range entries {
+				t.Errorf("target kept %s in its lxcpath", e.Name())
+			}
+		})
 	}
 }
