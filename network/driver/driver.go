@@ -1,0 +1,143 @@
+// Package driver defines what network backends implement.
+//
+// Application code uses package network; this package is for driver
+// authors. A driver manages the overlay networks of one server: the devices,
+// bridge, forwarding entries and routes that join this server's containers to
+// the same network on other servers. Package network drives one driver per
+// server, computes each server's Spec and Peers from the cluster's view (IPAM,
+// keys, underlay addresses), and attaches containers.
+//
+// Drivers return raw errors that carry an errcode; the portable type
+// validates input first (Spec.Validate), and drivers validate again before
+// anything reaches the kernel. Every method is idempotent: applying an equal
+// spec or peer set again changes nothing, and a call that fails leaves nothing
+// half-built.
+//
+// Every driver passes the conformance suite in package network/drivertest.
+package driver
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// Driver manages the networks of one server.
+type Driver interface {
+	// EnsureNetwork makes network spec.ID exist on this server as spec
+	// says and returns its state. Applying an equal spec again changes
+	// nothing. A spec that changes what cannot change in place (the mode,
+	// the VNI, the subnet) is errcode.FailedPrecondition; a mode the
+	// driver does not support is errcode.Unimplemented. On any error
+	// nothing the call created is left behind.
+	EnsureNetwork(ctx context.Context, spec *Spec) (*Status, error)
+	// DeleteNetwork removes the network's devices, forwarding entries and
+	// routes from this server. errcode.NotFound if unknown.
+	DeleteNetwork(ctx context.Context, id string) error
+	// SetPeers declares the network's whole peer set on this server: the
+	// other servers' ends. Peers not listed are removed, with their
+	// forwarding entries, neighbours and routes, so that their traffic is
+	// cut and no other's. errcode.NotFound if the network is unknown,
+	// errcode.InvalidArgument for a malformed or duplicate peer.
+	SetPeers(ctx context.Context, id string, peers []Peer) error
+	// Networks returns the state of every network on this server, sorted
+	// by ID.
+	Networks(ctx context.Context) ([]*Status, error)
+	// Capabilities says which modes and options the driver supports.
+	Capabilities() Capabilities
+	// Close releases the driver's resources. Networks stay in place.
+	Close() error
+}
+
+// Mode is how a network crosses servers.
+type Mode string
+
+const (
+	// VXLAN stretches one layer-2 segment over the underlay: a VXLAN device
+	// and a bridge per network on each server, unicast to peers.
+	VXLAN Mode = "vxlan"
+	// WireGuard routes each server's container range through an encrypted
+	// layer-3 tunnel.
+	WireGuard Mode = "wireguard"
+	// BGP routes each server's container range over the underlay, learnt
+	// from the servers' BGP speakers.
+	BGP Mode = "bgp"
+	// VXLANOverWireGuard is VXLAN whose underlay is a WireGuard tunnel:
+	// encrypted layer 2.
+	VXLANOverWireGuard Mode = "vxlan-wireguard"
+)
+
+// Spec is a network as one server sees it.
+type Spec struct {
+	// ID names the network: a DNS label, unique in the cluster.
+	ID   string `json:"id"`
+	Mode Mode   `json:"mode"`
+	// Subnet is the network's whole address range.
+	Subnet netip.Prefix `json:"subnet"`
+	// Local is this server's address on the network's bridge, with the
+	// prefix containers on this server use: in layer-2 modes an address
+	// of Subnet with Subnet's length; in layer-3 modes the first address
+	// of this server's range, with the range's length.
+	Local netip.Prefix `json:"local"`
+	// Underlay is this server's address that peers send to.
+	Underlay netip.Addr `json:"underlay"`
+	// VNI is the VXLAN network identifier, 1 to 16777215 (VXLAN modes).
+	VNI uint32 `json:"vni,omitempty"`
+	// Port is the UDP port of VXLAN (default 4789) or WireGuard (default
+	// 51820), or the TCP port of BGP (default 179).
+	Port uint16 `json:"port,omitempty"`
+	// MTU of the network's devices; zero derives it from the underlay's.
+	MTU int `json:"mtu,omitempty"`
+	// PrivateKey is this server's WireGuard key, base64 (WireGuard modes).
+	PrivateKey string `json:"privateKey,omitempty"`
+	// BGP options (BGP mode).
+	ASN      uint32        `json:"asn,omitempty"`
+	RouterID netip.Addr    `json:"routerID,omitzero"`
+	HoldTime time.Duration `json:"holdTime,omitempty"`
+	Password string        `json:"password,omitempty"` // TCP MD5, optional
+}
+
+// Peer is another server's end of a network.
+type Peer struct {
+	// Name is the peer server's name, a DNS label.
+	Name string `json:"name"`
+	// Underlay is the peer's underlay address.
+	Underlay netip.Addr `json:"underlay"`
+	// Range is the peer's container range (layer-3 modes).
+	Range netip.Prefix `json:"range,omitzero"`
+	// PublicKey is the peer's WireGuard public key, base64.
+	PublicKey string `json:"publicKey,omitempty"`
+	// ASN is the peer's autonomous system (BGP).
+	ASN uint32 `json:"asn,omitempty"`
+	// Endpoints are containers known to live on the peer (layer 2): the
+	// driver may install neighbour and forwarding entries for them so
+	// that no flooding or learning is needed.
+	Endpoints []Endpoint `json:"endpoints,omitempty"`
+}
+
+// Endpoint is a container's interface on a network.
+type Endpoint struct {
+	Address netip.Addr       `json:"address"`
+	MAC     net.HardwareAddr `json:"mac"`
+}
+
+// Status is a network's state on one server.
+type Status struct {
+	Spec Spec `json:"spec"`
+	// Bridge is where containers on this server attach (through a veth).
+	Bridge string `json:"bridge"`
+	// MTU is the MTU containers on the network must use.
+	MTU int `json:"mtu"`
+	// PublicKey is this server's WireGuard public key (WireGuard modes).
+	PublicKey string `json:"publicKey,omitempty"`
+	// Peers are the peers in place, sorted by name.
+	Peers []Peer `json:"peers,omitempty"`
+}
+
+// Capabilities says what a driver supports.
+type Capabilities struct {
+	Modes []Mode `json:"modes"`
+	// Encrypted says traffic between servers is encrypted.
+	Encrypted bool `json:"encrypted,omitempty"`
+}
