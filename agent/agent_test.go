@@ -23,6 +23,7 @@ import (
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/errcode"
+	netdriver "github.com/musterkit/muster/network/driver"
 )
 
 // memServer returns an in-memory server holding the base image.
@@ -42,6 +43,7 @@ type cluster struct {
 	ca            *CA
 	agent, client *Credentials
 	serverLog     *logBuffer
+	networks      map[netdriver.Mode]netdriver.Driver // served by serve
 }
 
 func newCluster(t testing.TB, opts *CAOptions) *cluster {
@@ -71,7 +73,7 @@ func (cl *cluster) serve(t testing.TB, d driver.Driver) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.logger(), ShutdownTimeout: time.Second})
+	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.logger(), ShutdownTimeout: time.Second, Networks: cl.networks})
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
 		cancel()

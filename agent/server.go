@@ -19,6 +19,7 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	netdriver "github.com/musterkit/muster/network/driver"
 )
 
 // ServerOptions configure a Server. The zero value is usable.
@@ -29,6 +30,9 @@ type ServerOptions struct {
 	// ShutdownTimeout bounds how long Serve lets calls in flight finish
 	// once its context is done; then they are cancelled. Default 10s.
 	ShutdownTimeout time.Duration
+	// Networks are the server's network drivers, by mode, served under
+	// /v1/networks/{mode} (see Client.Network).
+	Networks map[netdriver.Mode]netdriver.Driver
 }
 
 // Server serves a driver to the cluster's agents and clients.
@@ -55,7 +59,11 @@ func NewServer(creds *Credentials, d driver.Driver, opts *ServerOptions) *Server
 			s.shutdown = opts.ShutdownTimeout
 		}
 	}
-	s.handler = s.logged(s.routes(d))
+	var nets map[netdriver.Mode]netdriver.Driver
+	if opts != nil {
+		nets = opts.Networks
+	}
+	s.handler = s.logged(s.routes(d, nets))
 	return s
 }
 
@@ -150,9 +158,10 @@ func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // routes maps the protocol onto d. A route of an optional interface that d
 // lacks falls through to the catch-all, which answers Unimplemented.
-func (s *Server) routes(d driver.Driver) *http.ServeMux {
+func (s *Server) routes(d driver.Driver, nets map[netdriver.Mode]netdriver.Driver) *http.ServeMux {
 	mux := http.NewServeMux()
 	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, validated(h)) }
+	networkRoutes(route, nets)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errcode.New(errcode.Unimplemented, "the agent's driver does not implement %s %s", r.Method, r.URL.Path))
 	})

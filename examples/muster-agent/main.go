@@ -34,7 +34,10 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/drivers/lxc"
+	"github.com/musterkit/muster/drivers/vxlan"
 	"github.com/musterkit/muster/errcode"
+	netdriver "github.com/musterkit/muster/network/driver"
+	"github.com/musterkit/muster/network/memnetwork"
 )
 
 func main() {
@@ -65,6 +68,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	var (
 		dir, listen, name, joinURL, token, driverName string
 		ips                                           []net.IP
+		networks                                      []string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -85,6 +89,15 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 				return err
 			}
 			defer d.Close()
+			nets, err := openNetworks(ctx, networks, log)
+			if err != nil {
+				return err
+			}
+			defer func() {
+				for _, n := range nets {
+					n.Close()
+				}
+			}()
 			if a, ok := d.(driver.Autostarter); ok {
 				started, err := a.StartAutostart(ctx)
 				if err != nil {
@@ -98,7 +111,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 				return err
 			}
 			log.Info("serving", "name", creds.Cert.Leaf.Subject.CommonName, "addr", l.Addr(), "driver", driverName, "ca", creds.CAFingerprint)
-			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log}).Serve(ctx, l)
+			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log, Networks: nets}).Serve(ctx, l)
 			log.Info("stopped")
 			return err
 		},
@@ -111,6 +124,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	f.StringVar(&joinURL, "join", "", "URL of the join server, for the first start")
 	f.StringVar(&token, "token", "", "join token (muster-agent token), for the first start")
 	f.StringVar(&driverName, "driver", "lxc", "container driver: lxc, or memory (in-memory, for trials)")
+	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: vxlan, or memory (in-memory, every mode)")
 	return cmd
 }
 
@@ -149,6 +163,31 @@ func openDriver(ctx context.Context, name, dir, hostname string, log *slog.Logge
 		return memcontainer.New(&memcontainer.Options{Hostname: hostname}), nil
 	}
 	return nil, fmt.Errorf("unknown driver %q: want lxc or memory", name)
+}
+
+// openNetworks opens the network drivers named, in this process's network
+// namespace: the server's.
+func openNetworks(ctx context.Context, names []string, log *slog.Logger) (map[netdriver.Mode]netdriver.Driver, error) {
+	nets := map[netdriver.Mode]netdriver.Driver{}
+	for _, name := range names {
+		var d netdriver.Driver
+		switch name {
+		case "vxlan":
+			v, err := vxlan.Open(ctx, &vxlan.Options{Logger: log})
+			if err != nil {
+				return nil, err
+			}
+			d = v
+		case "memory":
+			d = memnetwork.New(nil)
+		default:
+			return nil, fmt.Errorf("unknown network driver %q: want vxlan or memory", name)
+		}
+		for _, mode := range d.Capabilities().Modes {
+			nets[mode] = d
+		}
+	}
+	return nets, nil
 }
 
 // certIPs returns ips, or the IP of listen if ips is empty and listen

@@ -12,8 +12,8 @@ import (
 )
 
 // NewSpec returns a valid spec of mode for network id with the given
-// underlay, for harnesses and tests. Every ID gets subnet 10.20.0.0/16 and
-// Local 10.20.0.1/16 (layer-2 modes) or 10.20.1.1/24 (layer-3 modes), so
+// underlay, for harnesses and tests. Every ID gets subnet 198.19.0.0/16 and
+// Local 198.19.0.1/16 (layer-2 modes) or 198.19.1.1/24 (layer-3 modes), so
 // that NewPeers suits them all. The VNI (VXLAN modes) and the private key
 // (WireGuard modes) are derived from the ID, so different IDs get
 // different ones and equal IDs equal ones. BGP specs have ASN 64512.
@@ -23,8 +23,8 @@ func NewSpec(mode driver.Mode, id string, underlay netip.Addr) *driver.Spec {
 	s := &driver.Spec{
 		ID:       id,
 		Mode:     mode,
-		Subnet:   netip.MustParsePrefix("10.20.0.0/16"),
-		Local:    netip.MustParsePrefix("10.20.0.1/16"),
+		Subnet:   netip.MustParsePrefix("198.19.0.0/16"),
+		Local:    netip.MustParsePrefix("198.19.0.1/16"),
 		Underlay: underlay,
 	}
 	seed := sha256.Sum256([]byte("muster drivertest network " + id))
@@ -32,7 +32,7 @@ func NewSpec(mode driver.Mode, id string, underlay netip.Addr) *driver.Spec {
 	case driver.VXLAN, driver.VXLANOverWireGuard:
 		s.VNI = binary.BigEndian.Uint32(seed[:])%(1<<24-1) + 1
 	default:
-		s.Local = netip.MustParsePrefix("10.20.1.1/24")
+		s.Local = netip.MustParsePrefix("198.19.1.1/24")
 	}
 	switch mode {
 	case driver.WireGuard, driver.VXLANOverWireGuard:
@@ -45,9 +45,9 @@ func NewSpec(mode driver.Mode, id string, underlay netip.Addr) *driver.Spec {
 
 // NewPeers returns two valid peers of mode, "server-b" at underlay b and
 // "server-c" at underlay c, for any spec NewSpec returns with an underlay
-// other than b and c. In layer-3 modes their ranges are 10.20.2.0/24 and
-// 10.20.3.0/24; in layer-2 modes each has one endpoint, 10.20.9.1 and
-// 10.20.9.2. WireGuard peers have real public keys, BGP peers ASN 64513.
+// other than b and c. In layer-3 modes their ranges are 198.19.2.0/24 and
+// 198.19.3.0/24; in layer-2 modes each has one endpoint, 198.19.9.1 and
+// 198.19.9.2. WireGuard peers have real public keys, BGP peers ASN 64513.
 func NewPeers(mode driver.Mode, b, c netip.Addr) []driver.Peer {
 	ps := []driver.Peer{{Name: "server-b", Underlay: b}, {Name: "server-c", Underlay: c}}
 	for i := range ps {
@@ -55,11 +55,11 @@ func NewPeers(mode driver.Mode, b, c netip.Addr) []driver.Peer {
 		switch mode {
 		case driver.VXLAN, driver.VXLANOverWireGuard:
 			p.Endpoints = []driver.Endpoint{{
-				Address: netip.AddrFrom4([4]byte{10, 20, 9, byte(i + 1)}),
+				Address: netip.AddrFrom4([4]byte{198, 19, 9, byte(i + 1)}),
 				MAC:     net.HardwareAddr{0x02, 0, 0, 0, 0, byte(i + 1)},
 			}}
 		default:
-			p.Range = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 20, byte(i + 2), 0}), 24)
+			p.Range = netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i + 2), 0}), 24)
 		}
 		switch mode {
 		case driver.WireGuard, driver.VXLANOverWireGuard:

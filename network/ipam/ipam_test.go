@@ -72,7 +72,7 @@ func TestLeases(t *testing.T) {
 	if _, err := p.Lease("c3", netip.MustParsePrefix("198.19.0.128/25")); !errors.Is(err, errcode.FailedPrecondition) {
 		t.Fatalf("owner leasing from another range: %v", err)
 	}
-	if _, err := p.Lease("x", netip.MustParsePrefix("10.0.0.0/24")); !errors.Is(err, errcode.InvalidArgument) {
+	if _, err := p.Lease("x", netip.MustParsePrefix("198.18.0.0/24")); !errors.Is(err, errcode.InvalidArgument) {
 		t.Fatalf("lease outside the subnet: %v", err)
 	}
 	if err := p.Release("c1"); err != nil {

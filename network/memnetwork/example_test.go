@@ -19,8 +19,8 @@ func Example() {
 	st, err := d.EnsureNetwork(ctx, &driver.Spec{
 		ID:       "web",
 		Mode:     driver.VXLAN,
-		Subnet:   netip.MustParsePrefix("10.20.0.0/16"),
-		Local:    netip.MustParsePrefix("10.20.0.1/16"),
+		Subnet:   netip.MustParsePrefix("198.19.0.0/16"),
+		Local:    netip.MustParsePrefix("198.19.0.1/16"),
 		Underlay: netip.MustParseAddr("198.18.0.1"),
 		VNI:      42,
 	})
@@ -33,7 +33,7 @@ func Example() {
 		Name:     "server-b",
 		Underlay: netip.MustParseAddr("198.18.0.2"),
 		Endpoints: []driver.Endpoint{{
-			Address: netip.MustParseAddr("10.20.9.1"),
+			Address: netip.MustParseAddr("198.19.9.1"),
 			MAC:     net.HardwareAddr{0x02, 0, 0, 0, 0, 1},
 		}},
 	}})
@@ -51,5 +51,5 @@ func Example() {
 	}
 	// Output:
 	// bridge mst-web MTU 1450
-	// web peer server-b at 198.18.0.2 with 10.20.9.1 02:00:00:00:00:01
+	// web peer server-b at 198.18.0.2 with 198.19.9.1 02:00:00:00:00:01
 }

@@ -111,12 +111,12 @@ func TestChangeClashesWithPeers(t *testing.T) {
 	if err := d.SetPeers(background, "net-a", drivertest.NewPeers(driver.BGP, peerB, peerC)); err != nil {
 		t.Fatal(err)
 	}
-	spec.Local = netip.MustParsePrefix("10.20.2.1/24") // server-b's range
+	spec.Local = netip.MustParsePrefix("198.19.2.1/24") // server-b's range
 	if _, err := d.EnsureNetwork(background, spec); !errors.Is(err, errcode.FailedPrecondition) {
 		t.Fatalf("local in a peer's range: got %v, want failed precondition", err)
 	}
 	sts, err := d.Networks(background)
-	if err != nil || len(sts) != 1 || sts[0].Spec.Local.String() != "10.20.1.1/24" || len(sts[0].Peers) != 2 {
+	if err != nil || len(sts) != 1 || sts[0].Spec.Local.String() != "198.19.1.1/24" || len(sts[0].Peers) != 2 {
 		t.Fatalf("after the refused change Networks = %+v, %v", sts, err)
 	}
 }

@@ -1,0 +1,135 @@
+package agent
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/musterkit/muster/container/image"
+	"github.com/musterkit/muster/errcode"
+	netdriver "github.com/musterkit/muster/network/driver"
+)
+
+// networkRoutes serves the network drivers of the server, one per mode,
+// under /v1/networks/{mode}.
+func networkRoutes(route func(string, http.HandlerFunc), nets map[netdriver.Mode]netdriver.Driver) {
+	driverOf := func(r *http.Request) (netdriver.Driver, error) {
+		mode := netdriver.Mode(r.PathValue("mode"))
+		if d, ok := nets[mode]; ok {
+			return d, nil
+		}
+		return nil, errcode.New(errcode.Unimplemented, "the agent has no %q network driver", mode)
+	}
+	route("GET /v1/networks/{mode}", reply(func(r *http.Request) ([]*netdriver.Status, error) {
+		d, err := driverOf(r)
+		if err != nil {
+			return nil, err
+		}
+		return d.Networks(r.Context())
+	}))
+	route("GET /v1/networks/{mode}/capabilities", reply(func(r *http.Request) (netdriver.Capabilities, error) {
+		d, err := driverOf(r)
+		if err != nil {
+			return netdriver.Capabilities{}, err
+		}
+		return d.Capabilities(), nil
+	}))
+	route("PUT /v1/networks/{mode}/{id}", reply(func(r *http.Request) (*netdriver.Status, error) {
+		d, err := driverOf(r)
+		if err != nil {
+			return nil, err
+		}
+		var spec netdriver.Spec
+		if err := decodeBody(r, &spec); err != nil {
+			return nil, err
+		}
+		if spec.ID != r.PathValue("id") {
+			return nil, errcode.New(errcode.InvalidArgument, "the spec's ID %q is not the path's %q", spec.ID, r.PathValue("id"))
+		}
+		if err := spec.Validate(); err != nil {
+			return nil, err
+		}
+		return d.EnsureNetwork(r.Context(), &spec)
+	}))
+	route("DELETE /v1/networks/{mode}/{id}", reply(func(r *http.Request) (any, error) {
+		d, err := driverOf(r)
+		if err != nil {
+			return nil, err
+		}
+		return nil, d.DeleteNetwork(r.Context(), r.PathValue("id"))
+	}))
+	route("PUT /v1/networks/{mode}/{id}/peers", reply(func(r *http.Request) (any, error) {
+		d, err := driverOf(r)
+		if err != nil {
+			return nil, err
+		}
+		var peers []netdriver.Peer
+		if err := decodeBody(r, &peers); err != nil {
+			return nil, err
+		}
+		return nil, d.SetPeers(r.Context(), r.PathValue("id"), peers)
+	}))
+}
+
+// Network returns the agent's network driver for mode as a remote
+// netdriver.Driver. Its calls fail with errcode.Unimplemented if the agent
+// has no driver for the mode. Capabilities, which cannot fail, reports no
+// modes when the agent cannot be asked.
+func (c *Client) Network(mode netdriver.Mode) netdriver.Driver {
+	return &networkClient{c: c, mode: mode}
+}
+
+// networkClient is a remote network driver of one mode.
+type networkClient struct {
+	c    *Client
+	mode netdriver.Mode
+}
+
+var _ netdriver.Driver = (*networkClient)(nil)
+
+func (n *networkClient) path(segments ...string) string {
+	return apiPath(append([]string{"networks", string(n.mode)}, segments...)...)
+}
+
+// The client checks what goes into a path, so that a malformed ID is
+// InvalidArgument here rather than a route the agent does not know.
+
+func (n *networkClient) EnsureNetwork(ctx context.Context, spec *netdriver.Spec) (*netdriver.Status, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	return call[*netdriver.Status](ctx, n.c, http.MethodPut, n.path(spec.ID), spec)
+}
+
+func (n *networkClient) DeleteNetwork(ctx context.Context, id string) error {
+	if err := image.ValidName(id); err != nil {
+		return err
+	}
+	_, err := call[struct{}](ctx, n.c, http.MethodDelete, n.path(id), nil)
+	return err
+}
+
+func (n *networkClient) SetPeers(ctx context.Context, id string, peers []netdriver.Peer) error {
+	if err := image.ValidName(id); err != nil {
+		return err
+	}
+	if peers == nil {
+		peers = []netdriver.Peer{}
+	}
+	_, err := call[struct{}](ctx, n.c, http.MethodPut, n.path(id, "peers"), peers)
+	return err
+}
+
+func (n *networkClient) Networks(ctx context.Context) ([]*netdriver.Status, error) {
+	return call[[]*netdriver.Status](ctx, n.c, http.MethodGet, n.path(), nil)
+}
+
+func (n *networkClient) Capabilities() netdriver.Capabilities {
+	caps, err := call[netdriver.Capabilities](context.Background(), n.c, http.MethodGet, n.path("capabilities"), nil)
+	if err != nil {
+		return netdriver.Capabilities{}
+	}
+	return caps
+}
+
+// Close does nothing: the Client holds the connection.
+func (n *networkClient) Close() error { return nil }
