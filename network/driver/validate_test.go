@@ -155,7 +155,9 @@ func TestValidatePeersRejects(t *testing.T) {
 		{"endpoints in bgp", driver.BGP, func(s *driver.Spec, ps []driver.Peer) {
 			ps[1].Endpoints = []driver.Endpoint{{Address: netip.MustParseAddr("198.19.3.2"), MAC: mac1}}
 		}},
-		{"endpoint outside", driver.VXLAN, func(s *driver.Spec, ps []driver.Peer) { ps[1].Endpoints[0].Address = netip.MustParseAddr("198.18.99.2") }},
+		{"endpoint outside", driver.VXLAN, func(s *driver.Spec, ps []driver.Peer) {
+			ps[1].Endpoints[0].Address = netip.MustParseAddr("198.18.99.2")
+		}},
 		{"endpoint is local", driver.VXLAN, func(s *driver.Spec, ps []driver.Peer) { ps[1].Endpoints[0].Address = s.Local.Addr() }},
 		{"endpoint twice", driver.VXLAN, func(s *driver.Spec, ps []driver.Peer) { ps[1].Endpoints[0].Address = ps[0].Endpoints[0].Address }},
 		{"endpoint MAC short", driver.VXLAN, func(s *driver.Spec, ps []driver.Peer) { ps[1].Endpoints[0].MAC = mac1[:5] }},
