@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,6 +33,9 @@ import (
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/internal/fleet"
+	"github.com/musterkit/muster/network"
+	netdriver "github.com/musterkit/muster/network/driver"
+	"github.com/musterkit/muster/network/memnetwork"
 )
 
 func main() {
@@ -46,7 +50,7 @@ func main() {
 }
 
 func run(ctx context.Context, agentBin string) error {
-	cluster, cleanup, err := servers(ctx, agentBin)
+	e, cleanup, err := servers(ctx, agentBin)
 	if err != nil {
 		return err
 	}
@@ -56,21 +60,38 @@ func run(ctx context.Context, agentBin string) error {
 			log.Print("cleanup: ", err)
 		}
 	}()
-	return flow(ctx, cluster)
+	return flow(ctx, e)
+}
+
+// env is what the flow runs on: the servers' containers and networks, and
+// whether the servers carry real packets.
+type env struct {
+	containers *container.Cluster
+	networks   *network.Fabric
+	real       bool
 }
 
 // servers returns three servers: real ones as root, in-memory otherwise.
-func servers(ctx context.Context, agentBin string) (*container.Cluster, func() error, error) {
+func servers(ctx context.Context, agentBin string) (*env, func() error, error) {
+	netDir, err := os.MkdirTemp("", "muster-demo-networks-")
+	if err != nil {
+		return nil, nil, err
+	}
+	fabric, err := network.Open(netDir, nil)
+	if err != nil {
+		return nil, nil, err
+	}
 	if os.Geteuid() != 0 {
-		fmt.Println("Not root: the real demo needs root (network namespaces, LXC containers) and the")
-		fmt.Println("Debian packages lxc, lxc-dev, busybox-static and iproute2 (make demo installs them).")
+		fmt.Println("Not root: the real demo needs root (network namespaces, LXC containers, VXLAN) and")
+		fmt.Println("the Debian packages lxc, lxc-dev, busybox-static and iproute2 (make demo installs them).")
 		fmt.Println("Running the same flow on three in-memory servers instead.")
 		cl := container.NewCluster(nil)
-		for _, name := range []string{"s0", "s1", "s2"} {
-			d := memcontainer.New(&memcontainer.Options{Hostname: name, Bridges: []string{fleet.Bridge}})
+		for i, name := range []string{"s0", "s1", "s2"} {
+			fabric.AddServer(name, memnetwork.New(nil), netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
+			d := memcontainer.New(&memcontainer.Options{Hostname: name, Bridges: []string{memnetwork.BridgeName(demoNetwork)}})
 			cl.Add(name, container.NewServer(d, nil))
 		}
-		return cl, func() error { return nil }, nil
+		return &env{containers: cl, networks: fabric}, func() error { return os.RemoveAll(netDir) }, nil
 	}
 	if _, err := os.Stat(agentBin); err != nil {
 		return nil, nil, fmt.Errorf("the agent program: %w (run make demo, or go build -o bin/ ./examples/...)", err)
@@ -86,12 +107,20 @@ func servers(ctx context.Context, agentBin string) (*container.Cluster, func() e
 	}
 	for _, s := range f.Servers {
 		fmt.Printf("  %s  namespace %-14s agent https://%s (joined with a one-time token)\n", s.Name, s.Host.Netns, s.Addr)
+		if err := fabric.AddServer(s.Name, s.Client.Network(netdriver.VXLAN), s.Host.Addr); err != nil {
+			return nil, nil, errors.Join(err, f.Close())
+		}
 	}
 	fmt.Printf("  agents log to %s\n", agentLog.Name())
-	return f.Cluster, f.Close, nil
+	cleanup := func() error { return errors.Join(f.Close(), os.RemoveAll(netDir)) }
+	return &env{containers: f.Cluster, networks: fabric, real: true}, cleanup, nil
 }
 
-func flow(ctx context.Context, cl *container.Cluster) error {
+// demoNetwork is the VXLAN network the demo's containers share.
+const demoNetwork = "demo"
+
+func flow(ctx context.Context, e *env) error {
+	cl := e.containers
 	step("building the base image offline from Debian's busybox-static")
 	dir, err := os.MkdirTemp("", "muster-demo-images-")
 	if err != nil {
@@ -116,23 +145,32 @@ func flow(ctx context.Context, cl *container.Cluster) error {
 		}
 	}
 
-	step("creating and starting containers across the servers")
-	placements := []struct{ name, server, addr string }{
-		{"web-1", "s0", "198.19.0.11/24"},
-		{"web-2", "s1", "198.19.0.12/24"},
-		{"db", "s2", "198.19.0.13/24"},
+	step("building a VXLAN network across the servers (unicast, no multicast)")
+	sts, err := e.networks.Ensure(ctx, &network.Spec{ID: demoNetwork, Mode: netdriver.VXLAN, Subnet: netip.MustParsePrefix("198.19.128.0/24"), VNI: 100})
+	if err != nil {
+		return err
 	}
+	for _, st := range sts {
+		fmt.Printf("  %-12s bridge %s  %v  MTU %d  peers %d\n", st.Spec.Underlay, st.Bridge, st.Spec.Local, st.MTU, len(st.Peers))
+	}
+
+	step("creating and starting containers across the servers")
+	placements := []struct{ name, server string }{{"web-1", "s0"}, {"web-2", "s1"}, {"db", "s2"}}
 	for _, p := range placements {
 		srv, err := cl.Server(p.server)
 		if err != nil {
 			return err
 		}
 		began := time.Now()
+		n, err := e.networks.Attach(ctx, demoNetwork, p.server, p.name)
+		if err != nil {
+			return err
+		}
 		_, err = srv.Create(ctx, &container.Spec{
 			Name:     p.name,
 			Image:    "base",
 			Limits:   container.Limits{MemoryBytes: 64 << 20, MilliCPU: 500, Pids: 100},
-			Networks: []container.Network{{Bridge: fleet.Bridge, Address: netip.MustParsePrefix(p.addr)}},
+			Networks: []container.Network{n},
 			Labels:   map[string]string{"app": strings.TrimRight(p.name, "-0123456789")},
 		})
 		if err != nil {
@@ -141,7 +179,7 @@ func flow(ctx context.Context, cl *container.Cluster) error {
 		if err := srv.Start(ctx, p.name); err != nil {
 			return err
 		}
-		fmt.Printf("  %-6s on %s  %s  created and started in %v\n", p.name, p.server, p.addr, time.Since(began).Round(time.Millisecond))
+		fmt.Printf("  %-6s on %s  %v  created and started in %v\n", p.name, p.server, n.Address, time.Since(began).Round(time.Millisecond))
 	}
 
 	step("exec in web-1: write a file, read the hostname")
@@ -150,6 +188,9 @@ func flow(ctx context.Context, cl *container.Cluster) error {
 		return err
 	}
 	if err := exec(ctx, s0, "web-1", "", "hostname"); err != nil {
+		return err
+	}
+	if err := talk(ctx, e, "web-1", "s0", "db", "s2"); err != nil {
 		return err
 	}
 	if err := table(ctx, cl); err != nil {
@@ -172,7 +213,50 @@ func flow(ctx context.Context, cl *container.Cluster) error {
 	if err := exec(ctx, s1, "web-1", "", "cat", "/root/state"); err != nil {
 		return err
 	}
+	if err := talk(ctx, e, "web-1", "s1", "db", "s2"); err != nil {
+		return err
+	}
 	return table(ctx, cl)
+}
+
+// talk sends a line over TCP on the VXLAN network from container from to
+// container to, on other servers, with busybox nc.
+func talk(ctx context.Context, e *env, from, fromServer, to, toServer string) error {
+	step(fmt.Sprintf("TCP over the VXLAN network: %s on %s -> %s on %s", from, fromServer, to, toServer))
+	if !e.real {
+		fmt.Println("  (in-memory servers carry no packets)")
+		return nil
+	}
+	src, _ := e.containers.Server(fromServer)
+	dst, _ := e.containers.Server(toServer)
+	n, err := e.networks.Attach(ctx, demoNetwork, toServer, to)
+	if err != nil {
+		return err
+	}
+	got := make(chan string, 1)
+	go func() {
+		var out strings.Builder
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		dst.Exec(lctx, to, &container.Process{Args: []string{"nc", "-l", "-p", "7000"}, Stdout: &out})
+		got <- out.String()
+	}()
+	msg := fmt.Sprintf("hello %s, this is %s\n", to, from)
+	for try := 0; ; try++ {
+		code, err := src.Exec(ctx, from, &container.Process{Args: []string{"nc", "-w", "2", n.Address.Addr().String(), "7000"}, Stdin: strings.NewReader(msg)})
+		if err != nil {
+			return err
+		}
+		if code == 0 {
+			break
+		}
+		if try == 50 {
+			return fmt.Errorf("%s cannot reach %s at %v", from, to, n.Address.Addr())
+		}
+		time.Sleep(100 * time.Millisecond) // the listener may not be up yet
+	}
+	fmt.Printf("  %s (%v) received: %s", to, n.Address.Addr(), <-got)
+	return nil
 }
 
 func putImage(ctx context.Context, store *image.Store, srv *container.Server, name string) error {

@@ -101,7 +101,7 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 			return nil, errcode.New(errcode.FailedPrecondition, "network %q: the spec clashes with the peers in place (set the peers first): %w", spec.ID, err)
 		}
 	}
-	n.Spec, n.Bridge, n.MTU, n.PublicKey = *spec, bridgeName(spec.ID), mtu, public
+	n.Spec, n.Bridge, n.MTU, n.PublicKey = *spec, BridgeName(spec.ID), mtu, public
 	d.networks[spec.ID] = n
 	return cloneStatus(n), nil
 }
@@ -154,10 +154,10 @@ func (d *Driver) Capabilities() driver.Capabilities {
 // the networks stay.
 func (d *Driver) Close() error { return nil }
 
-// bridgeName returns the bridge of network id: "mst-" and the ID if that
+// BridgeName returns the bridge of network id on a memnetwork server: "mst-" and the ID if that
 // fits the 15 bytes of an interface name, else "mst-", the ID's first four
 // bytes, '_' (which no ID holds) and six hex digits of its SHA-256.
-func bridgeName(id string) string {
+func BridgeName(id string) string {
 	if name := "mst-" + id; len(name) <= 15 {
 		return name
 	}
