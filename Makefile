@@ -7,8 +7,9 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
 # What the drivers and tests run: liblxc (+ headers for cgo), a static
-# busybox for the offline base image, iproute2 for the simulated servers.
-DEB_PACKAGES := lxc lxc-dev busybox-static iproute2 iputils-ping zstd pkg-config gcc
+# busybox for the offline base image, iproute2 for the simulated servers,
+# BIRD 2 as the independent BGP peer.
+DEB_PACKAGES := lxc lxc-dev busybox-static iproute2 iputils-ping zstd pkg-config gcc bird2
 TEST_TIMEOUT ?= 25m
 
 .PHONY: deps demo test vet build bench clean

@@ -13,6 +13,10 @@
 // run as root, in the network namespace of the server; --driver memory
 // serves an in-memory server, for trying things out. serve starts the
 // containers marked autostart, then serves until SIGINT or SIGTERM.
+// TCP MD5 signatures (BGP passwords) need plain TCP listeners: the kernel
+// refuses MD5 keys on the MPTCP sockets Go listens with by default.
+//
+//go:debug multipathtcp=0
 package main
 
 import (
@@ -33,6 +37,7 @@ import (
 	"github.com/musterkit/muster/agent"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/memcontainer"
+	"github.com/musterkit/muster/drivers/bgp"
 	"github.com/musterkit/muster/drivers/lxc"
 	"github.com/musterkit/muster/drivers/vxlan"
 	"github.com/musterkit/muster/errcode"
@@ -124,7 +129,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	f.StringVar(&joinURL, "join", "", "URL of the join server, for the first start")
 	f.StringVar(&token, "token", "", "join token (muster-agent token), for the first start")
 	f.StringVar(&driverName, "driver", "lxc", "container driver: lxc, or memory (in-memory, for trials)")
-	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: vxlan, or memory (in-memory, every mode)")
+	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: vxlan, bgp, or memory (in-memory, every mode)")
 	return cmd
 }
 
@@ -178,10 +183,16 @@ func openNetworks(ctx context.Context, names []string, log *slog.Logger) (map[ne
 				return nil, err
 			}
 			d = v
+		case "bgp":
+			b, err := bgp.Open(ctx, &bgp.Options{Logger: log})
+			if err != nil {
+				return nil, err
+			}
+			d = b
 		case "memory":
 			d = memnetwork.New(nil)
 		default:
-			return nil, fmt.Errorf("unknown network driver %q: want vxlan or memory", name)
+			return nil, fmt.Errorf("unknown network driver %q: want vxlan, bgp or memory", name)
 		}
 		for _, mode := range d.Capabilities().Modes {
 			nets[mode] = d
