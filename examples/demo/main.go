@@ -233,29 +233,12 @@ func talk(ctx context.Context, e *env, from, fromServer, to, toServer string) er
 	if err != nil {
 		return err
 	}
-	got := make(chan string, 1)
-	go func() {
-		var out strings.Builder
-		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		dst.Exec(lctx, to, &container.Process{Args: []string{"nc", "-l", "-p", "7000"}, Stdout: &out})
-		got <- out.String()
-	}()
 	msg := fmt.Sprintf("hello %s, this is %s\n", to, from)
-	for try := 0; ; try++ {
-		code, err := src.Exec(ctx, from, &container.Process{Args: []string{"nc", "-w", "2", n.Address.Addr().String(), "7000"}, Stdin: strings.NewReader(msg)})
-		if err != nil {
-			return err
-		}
-		if code == 0 {
-			break
-		}
-		if try == 50 {
-			return fmt.Errorf("%s cannot reach %s at %v", from, to, n.Address.Addr())
-		}
-		time.Sleep(100 * time.Millisecond) // the listener may not be up yet
+	got, err := fleet.Talk(ctx, src, from, dst, to, n.Address.Addr(), msg)
+	if err != nil {
+		return err
 	}
-	fmt.Printf("  %s (%v) received: %s", to, n.Address.Addr(), <-got)
+	fmt.Printf("  %s (%v) received: %s", to, n.Address.Addr(), got)
 	return nil
 }
 

@@ -4,11 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/musterkit/muster/container"
+	"github.com/musterkit/muster/internal/fleet"
 	"github.com/musterkit/muster/network"
 	netdriver "github.com/musterkit/muster/network/driver"
 )
@@ -53,37 +52,45 @@ func TestContainersTalkOverVXLAN(t *testing.T) {
 	if _, err := fab.Ensure(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
+	send(t, f, "c-s0", addrs, "s1", "s2")
+
+	// After an agent restart the network still carries traffic, and
+	// applying the spec again changes nothing.
+	before, err := f.Servers[1].Client.Network(netdriver.VXLAN).Networks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Servers[1].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Servers[1].Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	send(t, f, "c-s0", addrs, "s1")
+	if _, err := fab.Ensure(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	after, err := f.Servers[1].Client.Network(netdriver.VXLAN).Networks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(before) != 1 || len(after) != 1 || before[0].Bridge != after[0].Bridge || before[0].Spec.Local != after[0].Spec.Local || len(after[0].Peers) != 2 {
+		t.Fatalf("re-applying after a restart changed the network: %+v -> %+v", before, after)
+	}
+	send(t, f, "c-s0", addrs, "s1", "s2")
+}
+
+// send sends a line over TCP from container from (on s0) to the container
+// c-<server> of each server named, and checks it arrives.
+func send(t *testing.T, f *fleet.Fleet, from string, addrs map[string]netip.Addr, to ...string) {
+	t.Helper()
 	src, _ := f.Cluster.Server("s0")
-	for _, to := range []string{"s1", "s2"} {
-		dst, _ := f.Cluster.Server(to)
-		msg := fmt.Sprintf("hello %s over vxlan\n", to)
-		got := make(chan string, 1)
-		go func() {
-			var out strings.Builder
-			lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			dst.Exec(lctx, "c-"+to, &container.Process{Args: []string{"nc", "-l", "-p", "7000"}, Stdout: &out})
-			got <- out.String()
-		}()
-		var sent bool
-		for try := 0; try < 50 && !sent; try++ {
-			code, err := src.Exec(ctx, "c-s0", &container.Process{
-				Args:  []string{"nc", "-w", "2", addrs[to].String(), "7000"},
-				Stdin: strings.NewReader(msg),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			sent = code == 0
-			if !sent {
-				time.Sleep(100 * time.Millisecond) // the listener may not be up yet
-			}
-		}
-		if !sent {
-			t.Fatalf("could not connect from s0 to %s at %v", to, addrs[to])
-		}
-		if out := <-got; out != msg {
-			t.Fatalf("the container on %s received %q, want %q", to, out, msg)
+	for _, server := range to {
+		dst, _ := f.Cluster.Server(server)
+		msg := fmt.Sprintf("hello %s over vxlan\n", server)
+		got, err := fleet.Talk(context.Background(), src, from, dst, "c-"+server, addrs[server], msg)
+		if err != nil || got != msg {
+			t.Fatalf("to %s: received %q, %v; want %q", server, got, err, msg)
 		}
 	}
 }
