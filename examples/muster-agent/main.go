@@ -40,6 +40,7 @@ import (
 	"github.com/musterkit/muster/drivers/bgp"
 	"github.com/musterkit/muster/drivers/lxc"
 	"github.com/musterkit/muster/drivers/vxlan"
+	"github.com/musterkit/muster/drivers/wireguard"
 	"github.com/musterkit/muster/errcode"
 	netdriver "github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/memnetwork"
@@ -129,7 +130,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	f.StringVar(&joinURL, "join", "", "URL of the join server, for the first start")
 	f.StringVar(&token, "token", "", "join token (muster-agent token), for the first start")
 	f.StringVar(&driverName, "driver", "lxc", "container driver: lxc, or memory (in-memory, for trials)")
-	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: vxlan, bgp, or memory (in-memory, every mode)")
+	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: vxlan, wireguard, bgp, or memory (in-memory, every mode)")
 	return cmd
 }
 
@@ -189,10 +190,16 @@ func openNetworks(ctx context.Context, names []string, log *slog.Logger) (map[ne
 				return nil, err
 			}
 			d = b
+		case "wireguard":
+			w, err := wireguard.Open(ctx, &wireguard.Options{Logger: log})
+			if err != nil {
+				return nil, err
+			}
+			d = w
 		case "memory":
 			d = memnetwork.New(nil)
 		default:
-			return nil, fmt.Errorf("unknown network driver %q: want vxlan, bgp or memory", name)
+			return nil, fmt.Errorf("unknown network driver %q: want vxlan, wireguard, bgp or memory", name)
 		}
 		for _, mode := range d.Capabilities().Modes {
 			nets[mode] = d
