@@ -41,12 +41,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// startFleet starts n LXC servers with the base image on each.
-func startFleet(t *testing.T, n int) *fleet.Fleet {
+// startFleet starts n LXC servers with the base image on each; the agents
+// serve the network drivers named (their default if none).
+func startFleet(t *testing.T, n int, networks ...string) *fleet.Fleet {
 	t.Helper()
 	roottest.Require(t, roottest.Binary("lxc-start"), roottest.Binary("ip"), roottest.Binary("busybox"))
 	ctx := context.Background()
-	f, err := fleet.Start(ctx, n, fleet.Options{AgentBinary: agentBinary, AgentLog: testLog{t}})
+	f, err := fleet.Start(ctx, n, fleet.Options{AgentBinary: agentBinary, AgentLog: testLog{t}, Networks: networks})
 	if err != nil {
 		t.Fatal(err)
 	}

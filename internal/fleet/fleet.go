@@ -49,6 +49,9 @@ type Options struct {
 	Driver string
 	// AgentLog receives the agents' logs; nil discards them.
 	AgentLog io.Writer
+	// Networks are the network drivers the agents serve (muster-agent
+	// --network); nil means the agent's default.
+	Networks []string
 }
 
 // Fleet is a running cluster of simulated servers.
@@ -172,7 +175,11 @@ func addBridge(h *testhost.Host) error {
 
 // start runs the agent and waits until it answers.
 func (s *Server) start(ctx context.Context, joinArgs ...string) error {
-	args := append([]string{"serve", "--dir", s.Dir, "--listen", s.Addr, "--name", s.Name, "--driver", s.fleet.opts.Driver}, joinArgs...)
+	args := []string{"serve", "--dir", s.Dir, "--listen", s.Addr, "--name", s.Name, "--driver", s.fleet.opts.Driver}
+	for _, n := range s.fleet.opts.Networks {
+		args = append(args, "--network", n)
+	}
+	args = append(args, joinArgs...)
 	cmd := s.Host.Command(context.WithoutCancel(ctx), s.fleet.opts.AgentBinary, args...)
 	cmd.Stdout, cmd.Stderr = s.fleet.opts.AgentLog, s.fleet.opts.AgentLog
 	if cmd.Stderr == nil {

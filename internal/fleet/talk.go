@@ -14,7 +14,7 @@ import (
 // Talk sends msg over TCP from container from on server src to container to
 // on server dst, which listens at addr, with busybox nc in both, and
 // returns what the listener received. It retries the connection for a few
-// seconds, while the listener starts.
+// seconds, while the listener starts, and gives up after 30 seconds.
 func Talk(ctx context.Context, src *container.Server, from string, dst *container.Server, to string, addr netip.Addr, msg string) (string, error) {
 	type result struct {
 		out  string
@@ -35,7 +35,7 @@ func Talk(ctx context.Context, src *container.Server, from string, dst *containe
 		got <- result{out.String(), code, err}
 	}()
 	for try := 0; ; try++ {
-		code, err := src.Exec(ctx, from, &container.Process{
+		code, err := src.Exec(lctx, from, &container.Process{
 			Args:  []string{"nc", "-w", "2", addr.String(), "7000"},
 			Stdin: strings.NewReader(msg),
 		})
