@@ -4,16 +4,18 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/musterkit/muster/container"
+	"github.com/musterkit/muster/drivers/bgp"
 	"github.com/musterkit/muster/internal/fleet"
 	"github.com/musterkit/muster/network"
 	netdriver "github.com/musterkit/muster/network/driver"
 )
 
-// TestContainersTalkAcrossServers builds a network of each mode (VXLAN and
-// WireGuard so far; BGP is tested by drivers/bgp, not yet here) across
+// TestContainersTalkAcrossServers builds a network of each mode across
 // three servers through their agents, attaches an LXC container on each,
 // and sends a message over TCP from a container on one server to the
 // containers on the others. Then it kills an agent: a VXLAN network, which
@@ -26,6 +28,7 @@ func TestContainersTalkAcrossServers(t *testing.T) {
 	}{
 		{"vxlan", network.Spec{Mode: netdriver.VXLAN, Subnet: netip.MustParsePrefix("198.19.128.0/24"), VNI: 4242}},
 		{"wireguard", network.Spec{Mode: netdriver.WireGuard, Subnet: netip.MustParsePrefix("198.19.128.0/17")}},
+		{"bgp", network.Spec{Mode: netdriver.BGP, Subnet: netip.MustParsePrefix("198.19.128.0/17"), ASN: 64512}},
 	} {
 		t.Run(tc.driver, func(t *testing.T) {
 			spec := tc.spec
@@ -70,6 +73,7 @@ func talkAcross(t *testing.T, driverName string, spec *network.Spec) {
 	if _, err := fab.Ensure(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
+	converge(t, f, spec.Mode)
 	send(t, f, "c-s0", addrs, "s1", "s2")
 
 	before, err := f.Servers[1].Client.Network(spec.Mode).Networks(ctx)
@@ -96,7 +100,33 @@ func talkAcross(t *testing.T, driverName string, spec *network.Spec) {
 		before[0].PublicKey != after[0].PublicKey || len(after[0].Peers) != 2 {
 		t.Fatalf("re-applying after a restart changed the network: %+v -> %+v", before, after)
 	}
+	converge(t, f, spec.Mode)
 	send(t, f, "c-s0", addrs, "s1", "s2")
+}
+
+// converge waits until, in BGP mode, every server's kernel holds a learnt
+// route (proto bgp.RouteProtocol) to every other server's range: sessions
+// take seconds to come up after Ensure. Other modes are ready at once.
+func converge(t *testing.T, f *fleet.Fleet, mode netdriver.Mode) {
+	t.Helper()
+	if mode != netdriver.BGP {
+		return
+	}
+	for _, s := range f.Servers {
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			out, err := s.Host.Command(context.Background(), "ip", "route", "show", "proto", fmt.Sprint(bgp.RouteProtocol)).Output()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Count(string(out), "\n") == len(f.Servers)-1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s learnt only these routes in 2 minutes:\n%s", s.Name, out)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
 }
 
 // send sends a line over TCP from container from (on s0) to the container
