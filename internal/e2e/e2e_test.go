@@ -26,19 +26,25 @@ import (
 var agentBinary string
 
 func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+// run builds the agent for the privileged tests, runs the tests and
+// removes the build.
+func run(m *testing.M) int {
 	if os.Getenv(roottest.EnvVar) == "1" {
 		dir, err := os.MkdirTemp("", "e2e-agent-")
-		if err == nil {
-			agentBinary, err = fleet.BuildAgent(context.Background(), dir)
-			defer os.RemoveAll(dir)
-		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		if agentBinary, err = fleet.BuildAgent(context.Background(), dir); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
 		}
 	}
-	code := m.Run()
-	os.Exit(code)
+	return m.Run()
 }
 
 // startFleet starts n LXC servers with the base image on each; the agents
