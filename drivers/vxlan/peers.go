@@ -202,21 +202,11 @@ func checkPeers(spec *driver.Spec, peers []driver.Peer) error {
 // those of peers (see the package doc). On error it restores the previous
 // entries.
 func (d *Driver) SetPeers(ctx context.Context, id string, peers []driver.Peer) error {
-	if err := checkID(id); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.checkOpen(); err != nil {
-		return err
-	}
-	n, err := d.lookup(id)
+	n, unlock, err := d.lockNetwork(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if n.br == nil || n.vx == nil {
 		return errcode.New(errcode.NotFound, "vxlan: network %s not found", id)
 	}

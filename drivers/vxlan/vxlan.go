@@ -161,6 +161,27 @@ type network struct {
 	vx *netlink.Vxlan
 }
 
+// lockNetwork checks id and ctx, takes the driver's lock and looks network
+// id up; the caller calls unlock when done.
+func (d *Driver) lockNetwork(ctx context.Context, id string) (n network, unlock func(), err error) {
+	if err := checkID(id); err != nil {
+		return n, nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return n, nil, err
+	}
+	d.mu.Lock()
+	if err := d.checkOpen(); err != nil {
+		d.mu.Unlock()
+		return n, nil, err
+	}
+	if n, err = d.lookup(id); err != nil {
+		d.mu.Unlock()
+		return n, nil, err
+	}
+	return n, d.mu.Unlock, nil
+}
+
 // lookup finds network id's links. A link holding one of the names that is
 // not this network's is errcode.AlreadyExists.
 func (d *Driver) lookup(id string) (network, error) {
@@ -514,21 +535,11 @@ func prefixOf(a netlink.Addr) netip.Prefix {
 // entries) and bridge (with its neighbours). errcode.NotFound if neither
 // exists.
 func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
-	if err := checkID(id); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.checkOpen(); err != nil {
-		return err
-	}
-	n, err := d.lookup(id)
+	n, unlock, err := d.lockNetwork(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if n.br == nil && n.vx == nil {
 		return errcode.New(errcode.NotFound, "vxlan: network %s not found", id)
 	}
