@@ -43,6 +43,12 @@ type Options struct {
 	Handle *netlink.Handle
 	// Logger receives the driver's log; nil discards it.
 	Logger *slog.Logger
+	// Over names the tunnel under the networks when another driver layers
+	// VXLAN over its own devices (drivers/wireguard sets "wireguard" for
+	// mode VXLANOverWireGuard); empty for plain VXLAN. It is recorded in
+	// the links' alias: a driver sees only the networks of its own Over,
+	// and a network of another is errcode.AlreadyExists to it.
+	Over string
 }
 
 // Driver is the VXLAN network driver of one server (one network namespace).
@@ -51,6 +57,7 @@ type Driver struct {
 	h         *netlink.Handle
 	ownHandle bool
 	log       *slog.Logger
+	over      string
 
 	mu     sync.Mutex
 	closed bool
@@ -66,7 +73,12 @@ func Open(ctx context.Context, opts *Options) (*Driver, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	d := &Driver{h: opts.Handle, log: opts.Logger, names: map[string]map[netip.Addr]string{}}
+	if opts.Over != "" {
+		if err := image.ValidName(opts.Over); err != nil {
+			return nil, fmt.Errorf("vxlan: Options.Over: %w", err)
+		}
+	}
+	d := &Driver{h: opts.Handle, log: opts.Logger, over: opts.Over, names: map[string]map[netip.Addr]string{}}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
@@ -127,12 +139,17 @@ func LinkNames(id string) (bridge, vxlan string) {
 // not say about the spec.
 type meta struct {
 	id   string
-	mtu  int // requested MTU, 0 = derived
-	port int // requested port, 0 = default
+	mtu  int    // requested MTU, 0 = derived
+	port int    // requested port, 0 = default
+	over string // Options.Over
 }
 
 func (m meta) String() string {
-	return fmt.Sprintf("%sid=%s mtu=%d port=%d", aliasPrefix, m.id, m.mtu, m.port)
+	s := fmt.Sprintf("%sid=%s mtu=%d port=%d", aliasPrefix, m.id, m.mtu, m.port)
+	if m.over != "" {
+		s += " over=" + m.over
+	}
+	return s
 }
 
 func parseAlias(alias string) (meta, bool) {
@@ -150,6 +167,8 @@ func parseAlias(alias string) (meta, bool) {
 			m.mtu, _ = strconv.Atoi(v)
 		case "port":
 			m.port, _ = strconv.Atoi(v)
+		case "over":
+			m.over = v
 		}
 	}
 	return m, m.id != ""
@@ -194,7 +213,7 @@ func (d *Driver) lookup(id string) (network, error) {
 	if l != nil {
 		m, ok := parseAlias(l.Attrs().Alias)
 		br, isBr := l.(*netlink.Bridge)
-		if !ok || m.id != id || !isBr {
+		if !ok || m.id != id || m.over != d.over || !isBr {
 			return n, errcode.New(errcode.AlreadyExists, "vxlan: link %s exists and is not network %s's bridge", bn, id)
 		}
 		n.br = br
@@ -206,7 +225,7 @@ func (d *Driver) lookup(id string) (network, error) {
 	if l != nil {
 		m, ok := parseAlias(l.Attrs().Alias)
 		vx, isVx := l.(*netlink.Vxlan)
-		if !ok || m.id != id || !isVx {
+		if !ok || m.id != id || m.over != d.over || !isVx {
 			return n, errcode.New(errcode.AlreadyExists, "vxlan: link %s exists and is not network %s's VXLAN device", vn, id)
 		}
 		n.vx = vx
@@ -339,7 +358,7 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 		}
 	}
 
-	m := meta{id: spec.ID, mtu: spec.MTU, port: int(spec.Port)}
+	m := meta{id: spec.ID, mtu: spec.MTU, port: int(spec.Port), over: d.over}
 	bn, vn := LinkNames(spec.ID)
 	var created []netlink.Link
 	fail := func(err error) (*driver.Status, error) {
@@ -588,7 +607,7 @@ func (d *Driver) Networks(ctx context.Context) ([]*driver.Status, error) {
 			continue
 		}
 		m, ok := parseAlias(br.Alias)
-		if !ok {
+		if !ok || m.over != d.over {
 			continue
 		}
 		if bn, _ := LinkNames(m.id); bn != br.Name {

@@ -1,6 +1,8 @@
-// Package wireguard is the network driver for mode WireGuard
-// (driver.WireGuard): each server's container range is routed to the
-// other servers through an encrypted layer-3 WireGuard tunnel.
+// Package wireguard is the network driver for modes WireGuard
+// (driver.WireGuard), where each server's container range is routed to the
+// other servers through an encrypted layer-3 WireGuard tunnel, and
+// VXLANOverWireGuard (driver.VXLANOverWireGuard), where one layer-2
+// segment is stretched over the servers by VXLAN inside such tunnels.
 //
 // # Requirements
 //
@@ -61,6 +63,30 @@
 // its Underlay and that port. The MTU of both links is spec.MTU or the
 // underlay link's MTU minus 80 (wg-quick's overhead, which suits IPv4 and
 // IPv6 underlays).
+//
+// # VXLAN over WireGuard
+//
+// In mode VXLANOverWireGuard the device carries no routes to container
+// ranges and there is no "mwb-" bridge. Instead the device holds the
+// server's tunnel address, TunnelAddress(id, spec.Underlay): a unique
+// local IPv6 address in a /64 derived from the ID, whose interface ID is
+// the underlay address, so that every server computes every peer's tunnel
+// address. Each peer's AllowedIPs is its tunnel address (/128). On top,
+// a VXLAN network of package drivers/vxlan (opened with Over "wireguard",
+// so a plain VXLAN driver neither lists nor touches it) uses the tunnel
+// address as its underlay: bridge "mbr-"+suffix with spec.Local, VXLAN
+// device "mvx-"+suffix with the VNI on port 4789 inside the tunnel, and
+// unicast forwarding entries to the peers' tunnel addresses with their
+// endpoints' neighbour entries. Frames between servers therefore leave
+// only as WireGuard packets on spec.Port. The device's MTU is the
+// underlay's minus Overhead; the network's (Status.MTU, what containers
+// use) is that minus VXLANOverhead, or spec.MTU when it fits.
+//
+// The VXLAN devices live in the kernel and outlive the process; the
+// WireGuard device does not. After a restart the VXLAN network has no
+// tunnel under it (its frames go nowhere, never out unencrypted) until
+// EnsureNetwork and SetPeers recreate the device, which adopts the VXLAN
+// network as it is.
 //
 // # Peers and keys
 //

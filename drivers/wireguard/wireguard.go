@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/musterkit/muster/drivers/vxlan"
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/vishvananda/netlink"
@@ -107,6 +108,8 @@ type Driver struct {
 	ownHandle bool
 	do        func(func() error) error
 	log       *slog.Logger
+	// vx layers the VXLANOverWireGuard networks' VXLAN over the tunnels.
+	vx *vxlan.Driver
 
 	mu       sync.Mutex
 	closed   bool
@@ -116,13 +119,20 @@ type Driver struct {
 // network is one network's in-process state.
 type network struct {
 	spec      driver.Spec
-	mtu       int
+	mtu       int // the device's
 	publicKey string
 	bridge    string
 	ifname    string
 	dev       wgDevice
 	peers     []driver.Peer // sorted by name
+	// tunnel is this server's address on the device and vxMTU the VXLAN
+	// network's MTU (mode VXLANOverWireGuard).
+	tunnel netip.Prefix
+	vxMTU  int
 }
+
+// layer2 reports whether n carries VXLAN over its tunnel.
+func (n *network) layer2() bool { return n.spec.Mode == driver.VXLANOverWireGuard }
 
 // Open returns a driver for the namespace of opts.Handle and opts.Do.
 func Open(ctx context.Context, opts *Options) (*Driver, error) {
@@ -154,6 +164,12 @@ func Open(ctx context.Context, opts *Options) (*Driver, error) {
 		d.closeHandle()
 		return nil, errcode.New(errcode.Unavailable, "wireguard: no TUN device: %v", err)
 	}
+	vx, err := vxlan.Open(ctx, &vxlan.Options{Handle: d.h, Logger: d.log, Over: "wireguard"})
+	if err != nil {
+		d.closeHandle()
+		return nil, err
+	}
+	d.vx = vx
 	return d, nil
 }
 
@@ -163,9 +179,9 @@ func (d *Driver) closeHandle() {
 	}
 }
 
-// Capabilities reports mode WireGuard, encrypted.
+// Capabilities reports modes WireGuard and VXLANOverWireGuard, encrypted.
 func (d *Driver) Capabilities() driver.Capabilities {
-	return driver.Capabilities{Modes: []driver.Mode{driver.WireGuard}, Encrypted: true}
+	return driver.Capabilities{Modes: []driver.Mode{driver.WireGuard, driver.VXLANOverWireGuard}, Encrypted: true}
 }
 
 // Close stops every network's embedded WireGuard device (its goroutines,
@@ -188,6 +204,7 @@ func (d *Driver) Close() error {
 		}
 	}
 	d.networks = nil
+	d.vx.Close()
 	d.closeHandle()
 	return nil
 }
@@ -234,8 +251,8 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	if spec.Mode != driver.WireGuard {
-		return nil, errcode.New(errcode.Unimplemented, "wireguard: mode %s is not supported; only %s", spec.Mode, driver.WireGuard)
+	if spec.Mode != driver.WireGuard && spec.Mode != driver.VXLANOverWireGuard {
+		return nil, errcode.New(errcode.Unimplemented, "wireguard: mode %s is not supported; only %s and %s", spec.Mode, driver.WireGuard, driver.VXLANOverWireGuard)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -253,8 +270,8 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 	n := d.networks[spec.ID]
 	if n != nil {
 		old := n.spec
-		if old.Mode != spec.Mode || old.Subnet != spec.Subnet {
-			return nil, errcode.New(errcode.FailedPrecondition, "wireguard: network %q has subnet %s; delete it to change its mode or subnet", spec.ID, old.Subnet)
+		if old.Mode != spec.Mode || old.Subnet != spec.Subnet || old.VNI != spec.VNI {
+			return nil, errcode.New(errcode.FailedPrecondition, "wireguard: network %q is %s with subnet %s and VNI %d; delete it to change its mode, subnet or VNI", spec.ID, old.Mode, old.Subnet, old.VNI)
 		}
 		if err := driver.ValidatePeers(spec, n.peers); err != nil {
 			return nil, errcode.New(errcode.FailedPrecondition, "wireguard: network %q: the spec clashes with the peers in place (set the peers first): %w", spec.ID, err)
@@ -271,12 +288,12 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 		return nil, err
 	}
 	if n == nil {
-		if n, err = d.create(spec, key, mtu); err != nil {
+		if n, err = d.create(ctx, spec, key, mtu); err != nil {
 			return nil, err
 		}
 		d.networks[spec.ID] = n
-		d.log.Info("wireguard: network created", "network", spec.ID, "device", n.ifname, "bridge", n.bridge, "port", port)
-	} else if err := d.update(n, spec, key, mtu); err != nil {
+		d.log.Info("wireguard: network created", "network", spec.ID, "mode", spec.Mode, "device", n.ifname, "bridge", n.bridge, "port", port)
+	} else if err := d.update(ctx, n, spec, key, mtu); err != nil {
 		return nil, err
 	}
 	return n.status(), nil
@@ -290,7 +307,10 @@ func portOf(spec *driver.Spec) int {
 	return int(spec.Port)
 }
 
-// mtu returns the network's MTU after checking it against the underlay's.
+// mtu returns the MTU of the network's device after checking spec.MTU
+// against the underlay's: in mode WireGuard the device's MTU is the
+// network's, in mode VXLANOverWireGuard the device takes all the underlay
+// leaves and the network VXLAN's overhead less.
 func (d *Driver) mtu(spec *driver.Spec) (int, error) {
 	addrs, err := d.h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
@@ -311,6 +331,12 @@ func (d *Driver) mtu(spec *driver.Spec) (int, error) {
 		return 0, errcode.New(errcode.FailedPrecondition, "wireguard: no link of this server holds underlay address %s", spec.Underlay)
 	}
 	limit := under - Overhead
+	if spec.Mode == driver.VXLANOverWireGuard {
+		if spec.MTU > limit-VXLANOverhead || limit-VXLANOverhead < 576 {
+			return 0, errcode.New(errcode.FailedPrecondition, "wireguard: MTU %d does not fit: the underlay's MTU %d leaves %d for VXLAN over WireGuard", spec.MTU, under, limit-VXLANOverhead)
+		}
+		return limit, nil
+	}
 	mtu := spec.MTU
 	if mtu == 0 {
 		mtu = limit
@@ -321,30 +347,20 @@ func (d *Driver) mtu(spec *driver.Spec) (int, error) {
 	return mtu, nil
 }
 
-// create builds a new network: bridge, device, forwarding. On error it
-// removes what it made.
-func (d *Driver) create(spec *driver.Spec, key wgtypes.Key, mtu int) (_ *network, err error) {
+// create builds a new network: device, then bridge and routes or the
+// VXLAN network over the tunnel. On error it removes what it made.
+func (d *Driver) create(ctx context.Context, spec *driver.Spec, key wgtypes.Key, mtu int) (_ *network, err error) {
 	n := &network{spec: *spec, mtu: mtu, publicKey: key.PublicKey().String(), bridge: BridgeName(spec.ID)}
-	var undo []func()
+	if n.layer2() {
+		n.bridge, _ = vxlan.LinkNames(spec.ID)
+	}
 	defer func() {
 		if err != nil {
-			for _, f := range slices.Backward(undo) {
-				f()
+			if rerr := d.remove(context.WithoutCancel(ctx), n); rerr != nil {
+				d.log.Warn("wireguard: rollback", "network", spec.ID, "err", rerr)
 			}
 		}
 	}()
-	br, err := d.ensureBridge(n)
-	if err != nil {
-		return nil, err
-	}
-	undo = append(undo, func() {
-		if err := d.h.LinkDel(br); err != nil {
-			d.log.Warn("wireguard: rollback: deleting bridge", "bridge", n.bridge, "err", err)
-		}
-	})
-	if err := d.setBridgeAddr(br, spec.Local, netip.Prefix{}); err != nil {
-		return nil, err
-	}
 	port := portOf(spec)
 	cfg := &wgtypes.Config{PrivateKey: &key, ListenPort: &port}
 	err = d.do(func() error {
@@ -369,15 +385,11 @@ func (d *Driver) create(spec *driver.Spec, key wgtypes.Key, mtu int) (_ *network
 				return err
 			}
 		}
+		if n.layer2() {
+			return nil
+		}
 		return enableForwarding(spec.Subnet.Addr().Is6())
 	})
-	if n.dev != nil {
-		undo = append(undo, func() {
-			if err := n.dev.stop(true); err != nil {
-				d.log.Warn("wireguard: rollback: stopping the device", "device", n.ifname, "err", err)
-			}
-		})
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -388,15 +400,75 @@ func (d *Driver) create(spec *driver.Spec, key wgtypes.Key, mtu int) (_ *network
 	if err := d.h.LinkSetUp(link); err != nil {
 		return nil, kernelErr("bringing up "+n.ifname, err)
 	}
+	if err := d.ensureInside(ctx, n, link, spec); err != nil {
+		return nil, err
+	}
 	return n, nil
 }
 
-// update changes an existing network in place to spec.
-func (d *Driver) update(n *network, spec *driver.Spec, key wgtypes.Key, mtu int) error {
-	br, err := d.ensureBridge(n)
+// remove stops n's device and deletes its bridge or its VXLAN network;
+// each may be missing. A link with the bridge's name that is not this
+// network's bridge stays.
+func (d *Driver) remove(ctx context.Context, n *network) error {
+	var errs []error
+	if n.dev != nil {
+		if err := n.dev.stop(true); err != nil {
+			errs = append(errs, kernelErr("stopping the device of "+n.spec.ID, err))
+		}
+	}
+	if n.layer2() {
+		if err := d.vx.DeleteNetwork(ctx, n.spec.ID); err != nil && !errors.Is(err, errcode.NotFound) {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	}
+	l, err := d.h.LinkByName(n.bridge)
+	if err == nil && l.Attrs().Alias == aliasPrefix+n.spec.ID { // only this network's
+		err = d.h.LinkDel(l)
+	}
+	if err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) {
+		errs = append(errs, kernelErr("deleting bridge "+n.bridge, err))
+	}
+	return errors.Join(errs...)
+}
+
+// ensureInside makes what lies behind n's device as spec says: in mode
+// WireGuard the bridge with its address and the peers' routes, in mode
+// VXLANOverWireGuard the tunnel address on the device and the VXLAN
+// network over it with the peers' forwarding entries. Each step changes
+// nothing when all is in place, so it also repairs what others removed.
+func (d *Driver) ensureInside(ctx context.Context, n *network, link netlink.Link, spec *driver.Spec) error {
+	if !n.layer2() {
+		br, err := d.ensureBridge(n)
+		if err != nil {
+			return err
+		}
+		if err := d.setBridgeAddr(br, spec.Local, n.spec.Local); err != nil {
+			return err
+		}
+		n.spec.Local = spec.Local
+		return d.syncRoutes(ctx, n)
+	}
+	tunnel := TunnelAddress(spec.ID, spec.Underlay)
+	if n.tunnel.IsValid() && n.tunnel != tunnel {
+		if err := d.h.AddrDel(link, &netlink.Addr{IPNet: ipNet(n.tunnel)}); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+			return kernelErr("removing "+n.tunnel.String()+" from "+n.ifname, err)
+		}
+	}
+	if err := d.h.AddrReplace(link, &netlink.Addr{IPNet: ipNet(tunnel), Flags: syscall.IFA_F_NODAD}); err != nil {
+		return kernelErr("adding tunnel address "+tunnel.String()+" to "+n.ifname+" (is IPv6 disabled in this namespace?)", err)
+	}
+	n.tunnel = tunnel
+	st, err := d.vx.EnsureNetwork(ctx, innerSpec(spec))
 	if err != nil {
 		return err
 	}
+	n.vxMTU, n.spec.Local = st.MTU, spec.Local
+	return d.syncRoutes(ctx, n)
+}
+
+// update changes an existing network in place to spec.
+func (d *Driver) update(ctx context.Context, n *network, spec *driver.Spec, key wgtypes.Key, mtu int) error {
 	link, err := d.h.LinkByName(n.ifname)
 	if err != nil {
 		return kernelErr("finding "+n.ifname, err)
@@ -405,9 +477,6 @@ func (d *Driver) update(n *network, spec *driver.Spec, key wgtypes.Key, mtu int)
 		if err := d.h.LinkSetMTU(link, mtu); err != nil {
 			return kernelErr("setting the MTU of "+n.ifname, err)
 		}
-		if err := d.h.LinkSetMTU(br, mtu); err != nil {
-			return kernelErr("setting the MTU of "+n.bridge, err)
-		}
 		n.mtu = mtu
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
@@ -415,13 +484,7 @@ func (d *Driver) update(n *network, spec *driver.Spec, key wgtypes.Key, mtu int)
 			return kernelErr("bringing up "+n.ifname, err)
 		}
 	}
-	// Address and routes are re-applied every time (both calls change
-	// nothing when all is in place), to repair what others removed.
-	if err := d.setBridgeAddr(br, spec.Local, n.spec.Local); err != nil {
-		return err
-	}
-	n.spec.Local = spec.Local
-	if err := d.syncRoutes(n); err != nil {
+	if err := d.ensureInside(ctx, n, link, spec); err != nil {
 		return err
 	}
 	if port, oldPort := portOf(spec), portOf(&n.spec); port != oldPort {
@@ -451,7 +514,7 @@ func (d *Driver) update(n *network, spec *driver.Spec, key wgtypes.Key, mtu int)
 	if spec.Port != n.spec.Port {
 		// Peers' endpoints carry the network's port.
 		n.spec.Port = spec.Port
-		if err := d.configurePeers(n, n.peers, true); err != nil {
+		if err := d.configurePeers(ctx, n, n.peers, true); err != nil {
 			return err
 		}
 	}
@@ -531,16 +594,9 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 	if n == nil {
 		return errcode.New(errcode.NotFound, "wireguard: network %q not found", id)
 	}
-	if err := n.dev.stop(true); err != nil {
-		return kernelErr("stopping the device of "+id, err)
-	}
 	delete(d.networks, id)
-	l, err := d.h.LinkByName(n.bridge)
-	if err == nil {
-		err = d.h.LinkDel(l)
-	}
-	if err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) {
-		return kernelErr("deleting bridge "+n.bridge, err)
+	if err := d.remove(ctx, n); err != nil {
+		return err
 	}
 	d.log.Info("wireguard: network deleted", "network", id)
 	return nil
@@ -571,9 +627,9 @@ func (d *Driver) SetPeers(ctx context.Context, id string, peers []driver.Peer) e
 	want := slices.Clone(peers)
 	slices.SortFunc(want, func(a, b driver.Peer) int { return strings.Compare(a.Name, b.Name) })
 	old := n.peers
-	if err := d.configurePeers(n, want, false); err != nil {
+	if err := d.configurePeers(ctx, n, want, false); err != nil {
 		// Put the old peers back, best effort.
-		if rerr := d.configurePeers(n, old, false); rerr != nil {
+		if rerr := d.configurePeers(context.WithoutCancel(ctx), n, old, false); rerr != nil {
 			d.log.Error("wireguard: restoring peers after a failed SetPeers", "network", id, "err", rerr)
 		}
 		return err
@@ -581,9 +637,9 @@ func (d *Driver) SetPeers(ctx context.Context, id string, peers []driver.Peer) e
 	return nil
 }
 
-// configurePeers makes the device's peers and the routes want; force
-// reconfigures peers that did not change too.
-func (d *Driver) configurePeers(n *network, want []driver.Peer, force bool) error {
+// configurePeers makes the device's peers and the routes or forwarding
+// entries want; force reconfigures peers that did not change too.
+func (d *Driver) configurePeers(ctx context.Context, n *network, want []driver.Peer, force bool) error {
 	have := map[string]driver.Peer{}
 	for _, p := range n.peers {
 		have[p.PublicKey] = p
@@ -596,12 +652,16 @@ func (d *Driver) configurePeers(n *network, want []driver.Peer, force bool) erro
 		if h, ok := have[p.PublicKey]; ok && !force && h.Underlay == p.Underlay && h.Range == p.Range {
 			continue
 		}
+		allowed := p.Range
+		if n.layer2() {
+			allowed = netip.PrefixFrom(TunnelAddress(n.spec.ID, p.Underlay).Addr(), 128)
+		}
 		pc := wgtypes.PeerConfig{
 			PublicKey:                   wgtypes.Key(mustDecode(p.PublicKey)),
 			Endpoint:                    net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.Underlay, uint16(portOf(&n.spec)))),
 			PersistentKeepaliveInterval: &keepalive,
 			ReplaceAllowedIPs:           true,
-			AllowedIPs:                  []net.IPNet{prefixNet(p.Range)},
+			AllowedIPs:                  []net.IPNet{prefixNet(allowed)},
 		}
 		cfg.Peers = append(cfg.Peers, pc)
 	}
@@ -620,12 +680,16 @@ func (d *Driver) configurePeers(n *network, want []driver.Peer, force bool) erro
 		}
 	}
 	n.peers = slices.Clone(want)
-	return d.syncRoutes(n)
+	return d.syncRoutes(ctx, n)
 }
 
 // syncRoutes makes the routes through n's device exactly one per peer
-// range, with source address Local.
-func (d *Driver) syncRoutes(n *network) error {
+// range, with source address Local; in mode VXLANOverWireGuard it gives
+// the VXLAN network the peers, at their tunnel addresses.
+func (d *Driver) syncRoutes(ctx context.Context, n *network) error {
+	if n.layer2() {
+		return d.vx.SetPeers(ctx, n.spec.ID, innerPeers(n.spec.ID, n.peers))
+	}
 	link, err := d.h.LinkByName(n.ifname)
 	if err != nil {
 		return kernelErr("finding "+n.ifname, err)
@@ -706,6 +770,9 @@ func (d *Driver) Device(ctx context.Context, id string) (*wgtypes.Device, error)
 
 func (n *network) status() *driver.Status {
 	st := &driver.Status{Spec: n.spec, Bridge: n.bridge, MTU: n.mtu, PublicKey: n.publicKey}
+	if n.layer2() {
+		st.MTU = n.vxMTU
+	}
 	if len(n.peers) > 0 {
 		st.Peers = slices.Clone(n.peers)
 	}

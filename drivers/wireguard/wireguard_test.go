@@ -104,8 +104,16 @@ func newKey(t testing.TB) string {
 	return k.String()
 }
 
-// servers builds n hosts, each with network netID on range 198.19.<i+1>.0/24.
+// servers builds n hosts, each with network netID in mode WireGuard on
+// range 198.19.<i+1>.0/24.
 func servers(t testing.TB, n int) []*server {
+	return serversOf(t, driver.WireGuard, n)
+}
+
+// serversOf builds n hosts, each with network netID in mode: on range
+// 198.19.<i+1>.0/24 in mode WireGuard, at 198.19.0.<i+1>/16 with VNI 4242
+// in mode VXLANOverWireGuard.
+func serversOf(t testing.TB, mode driver.Mode, n int) []*server {
 	t.Helper()
 	c := testhost.New(t, n)
 	var ss []*server
@@ -113,12 +121,16 @@ func servers(t testing.TB, n int) []*server {
 		d, nl := openOn(t, h)
 		s := &server{h: h, d: d, nl: nl, name: fmt.Sprintf("server-%d", i), spec: &driver.Spec{
 			ID:         netID,
-			Mode:       driver.WireGuard,
+			Mode:       mode,
 			Subnet:     netip.MustParsePrefix("198.19.0.0/16"),
 			Local:      netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i + 1), 1}), 24),
 			Underlay:   h.Addr,
 			PrivateKey: newKey(t),
 		}}
+		if mode == driver.VXLANOverWireGuard {
+			s.spec.Local = netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 0, byte(i + 1)}), 16)
+			s.spec.VNI = 4242
+		}
 		s.ensure(t)
 		ss = append(ss, s)
 	}
@@ -137,7 +149,11 @@ func (s *server) ensure(t testing.TB) *driver.Status {
 func (s *server) peer(t testing.TB) driver.Peer {
 	t.Helper()
 	st := s.ensure(t)
-	return driver.Peer{Name: s.name, Underlay: s.h.Addr, Range: s.spec.Local.Masked(), PublicKey: st.PublicKey}
+	p := driver.Peer{Name: s.name, Underlay: s.h.Addr, PublicKey: st.PublicKey}
+	if s.spec.Mode == driver.WireGuard {
+		p.Range = s.spec.Local.Masked()
+	}
+	return p
 }
 
 // setPeers makes s's peers exactly others.

@@ -29,8 +29,9 @@ func TestContainersTalkAcrossServers(t *testing.T) {
 		{"vxlan", network.Spec{Mode: netdriver.VXLAN, Subnet: netip.MustParsePrefix("198.19.128.0/24"), VNI: 4242}},
 		{"wireguard", network.Spec{Mode: netdriver.WireGuard, Subnet: netip.MustParsePrefix("198.19.128.0/17")}},
 		{"bgp", network.Spec{Mode: netdriver.BGP, Subnet: netip.MustParsePrefix("198.19.128.0/17"), ASN: 64512}},
+		{"wireguard", network.Spec{Mode: netdriver.VXLANOverWireGuard, Subnet: netip.MustParsePrefix("198.19.128.0/24"), VNI: 4243}},
 	} {
-		t.Run(tc.driver, func(t *testing.T) {
+		t.Run(string(tc.spec.Mode), func(t *testing.T) {
 			spec := tc.spec
 			spec.ID = "blue"
 			talkAcross(t, tc.driver, &spec)
