@@ -7,6 +7,7 @@ import (
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
 	netdriver "github.com/musterkit/muster/network/driver"
+	"github.com/musterkit/muster/network/preflight"
 )
 
 // networkRoutes serves the network drivers of the server, one per mode,
@@ -133,3 +134,48 @@ func (n *networkClient) Capabilities() netdriver.Capabilities {
 
 // Close does nothing: the Client holds the connection.
 func (n *networkClient) Close() error { return nil }
+
+// preflightRoutes serves the server's side of network preflights
+// (package network/preflight) under /v1/preflight, from the agent's own
+// network namespace: the server's.
+func preflightRoutes(route func(string, http.HandlerFunc), p *preflight.Local) {
+	route("POST /v1/preflight/responders", reply(func(r *http.Request) (*preflight.Responder, error) {
+		var req preflight.RespondRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return p.Respond(r.Context(), &req)
+	}))
+	route("DELETE /v1/preflight/responders/{id}", reply(func(r *http.Request) (any, error) {
+		return nil, p.StopResponding(r.Context(), r.PathValue("id"))
+	}))
+	route("POST /v1/preflight/probes", reply(func(r *http.Request) (*preflight.ProbeResult, error) {
+		var req preflight.ProbeRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return p.Probe(r.Context(), &req)
+	}))
+}
+
+// Preflight returns the agent's side of network preflights as a
+// preflight.Server: responders and probes run on the agent's server.
+func (c *Client) Preflight() preflight.Server { return preflightClient{c} }
+
+type preflightClient struct{ c *Client }
+
+func (p preflightClient) Respond(ctx context.Context, req *preflight.RespondRequest) (*preflight.Responder, error) {
+	return call[*preflight.Responder](ctx, p.c, http.MethodPost, apiPath("preflight", "responders"), req)
+}
+
+func (p preflightClient) StopResponding(ctx context.Context, id string) error {
+	if err := image.ValidName(id); err != nil {
+		return err
+	}
+	_, err := call[struct{}](ctx, p.c, http.MethodDelete, apiPath("preflight", "responders", id), nil)
+	return err
+}
+
+func (p preflightClient) Probe(ctx context.Context, req *preflight.ProbeRequest) (*preflight.ProbeResult, error) {
+	return call[*preflight.ProbeResult](ctx, p.c, http.MethodPost, apiPath("preflight", "probes"), req)
+}

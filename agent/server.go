@@ -20,6 +20,7 @@ import (
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
 	netdriver "github.com/musterkit/muster/network/driver"
+	"github.com/musterkit/muster/network/preflight"
 )
 
 // ServerOptions configure a Server. The zero value is usable.
@@ -162,6 +163,7 @@ func (s *Server) routes(d driver.Driver, nets map[netdriver.Mode]netdriver.Drive
 	mux := http.NewServeMux()
 	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, validated(h)) }
 	networkRoutes(route, nets)
+	preflightRoutes(route, preflight.NewLocal(nil))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errcode.New(errcode.Unimplemented, "the agent's driver does not implement %s %s", r.Method, r.URL.Path))
 	})

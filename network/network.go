@@ -36,6 +36,7 @@ import (
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/ipam"
+	"github.com/musterkit/muster/network/preflight"
 )
 
 // Spec describes a network across the cluster. Per-server details (the
@@ -205,26 +206,133 @@ func (f *Fabric) checkSpec(spec *Spec) (bool, error) {
 	return false, nil
 }
 
-// overlaps rejects a new network whose subnet overlaps another's.
+// overlaps rejects a new network whose subnet overlaps another network's
+// or holds a server's underlay address.
 func (f *Fabric) overlaps(spec *Spec) error {
-	entries, err := os.ReadDir(filepath.Join(f.dir, "networks"))
-	if err != nil {
+	found, err := f.overlapping(spec)
+	if err != nil || len(found) == 0 {
 		return err
 	}
-	for _, e := range entries {
-		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok {
+	return errcode.New(errcode.InvalidArgument, "subnet %v overlaps %s", spec.Subnet, found[0].With)
+}
+
+// overlapping lists what spec's subnet overlaps: the subnets of the
+// Fabric's other networks and its servers' underlay addresses.
+func (f *Fabric) overlapping(spec *Spec) ([]preflight.Overlap, error) {
+	ids, err := f.networkIDs()
+	if err != nil {
+		return nil, err
+	}
+	var out []preflight.Overlap
+	for _, id := range ids {
+		if id == spec.ID {
 			continue
 		}
 		other, err := f.load(id)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if other.Subnet.Overlaps(spec.Subnet) {
-			return errcode.New(errcode.InvalidArgument, "subnet %v overlaps network %q's %v", spec.Subnet, id, other.Subnet)
+			out = append(out, preflight.Overlap{Subnet: spec.Subnet, With: fmt.Sprintf("network %s %v", id, other.Subnet)})
 		}
 	}
+	servers := f.snapshot()
+	for _, name := range slices.Sorted(maps.Keys(servers)) {
+		if u := servers[name].underlay; spec.Subnet.Contains(u) {
+			out = append(out, preflight.Overlap{Subnet: spec.Subnet, With: fmt.Sprintf("underlay of server %s %v", name, u)})
+		}
+	}
+	return out, nil
+}
+
+// Preflight checks, before spec is ensured, that the underlay between the
+// Fabric's servers carries it (see package preflight): reachability, path
+// MTU and the mode's port for every ordered pair, measured by probers,
+// which must hold a preflight.Server for every server (an agent's is
+// agent.Client.Preflight); and whether spec's subnet overlaps another
+// network's or holds a server's underlay address. The report's Err says
+// whether anything stands in the way. Nothing is built.
+func (f *Fabric) Preflight(ctx context.Context, spec *Spec, probers map[string]preflight.Server) (*preflight.Report, error) {
+	if spec == nil {
+		return nil, errcode.New(errcode.InvalidArgument, "preflight: nil spec")
+	}
+	if !spec.Subnet.IsValid() || spec.Subnet != spec.Subnet.Masked() {
+		return nil, errcode.New(errcode.InvalidArgument, "preflight: subnet %v is not a masked prefix", spec.Subnet)
+	}
+	servers := f.snapshot()
+	var targets []preflight.Target
+	for _, name := range slices.Sorted(maps.Keys(servers)) {
+		p, ok := probers[name]
+		if !ok {
+			return nil, errcode.New(errcode.InvalidArgument, "preflight: no prober for server %q", name)
+		}
+		targets = append(targets, preflight.Target{Name: name, Underlay: servers[name].underlay, Server: p})
+	}
+	r, err := preflight.Run(ctx, preflight.Plan{Mode: spec.Mode, Port: spec.Port, MTU: spec.MTU}, targets)
+	if err != nil {
+		return nil, fmt.Errorf("preflight for network %q: %w", spec.ID, err)
+	}
+	if r.Overlaps, err = f.overlapping(spec); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// RemoveServer takes a server out of the Fabric: every network drops it
+// from the other servers' peers (its forwarding entries, routes and BGP
+// sessions go, so its traffic is cut), then the networks are deleted on
+// the server itself. The server is out even if that last step fails (a
+// dead server cannot be asked), which the error then reports. Its address
+// ranges and leases stay reserved, so a server that comes back under the
+// same name gets the same ones; deleting a network frees them.
+// errcode.NotFound if there is no such server.
+func (f *Fabric) RemoveServer(ctx context.Context, name string) error {
+	f.mu.Lock()
+	s, ok := f.servers[name]
+	delete(f.servers, name)
+	f.mu.Unlock()
+	if !ok {
+		return errcode.New(errcode.NotFound, "remove server %q: no such server", name)
+	}
+	ids, err := f.networkIDs()
+	if err != nil {
+		return fmt.Errorf("remove server %q: %w", name, err)
+	}
+	var errs []error
+	for _, id := range ids {
+		spec, err := f.load(id)
+		if err == nil {
+			_, err = f.Ensure(ctx, spec)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, id := range ids {
+		if err := s.d.DeleteNetwork(ctx, id); err != nil && !errors.Is(err, errcode.NotFound) {
+			errs = append(errs, fmt.Errorf("deleting network %q on the removed server: %w", id, err))
+		}
+	}
+	f.log.InfoContext(ctx, "server removed", "server", name, "networks", len(ids))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove server %q: %w", name, err)
+	}
 	return nil
+}
+
+// networkIDs lists the networks the Fabric keeps, sorted.
+func (f *Fabric) networkIDs() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(f.dir, "networks"))
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range entries {
+		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
 }
 
 // serverSpec derives the driver spec of one server.

@@ -12,6 +12,7 @@ import (
 	"github.com/musterkit/muster/network"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/memnetwork"
+	"github.com/musterkit/muster/network/preflight"
 )
 
 // newFabric returns a Fabric over three in-memory servers s0..s2 and the
@@ -222,5 +223,94 @@ func TestDeleteAndRejects(t *testing.T) {
 	}
 	if err := f.AddServer("s5", memnetwork.New(nil), netip.MustParseAddr("198.18.0.1")); !errors.Is(err, errcode.AlreadyExists) {
 		t.Fatalf("duplicate underlay: %v", err)
+	}
+}
+
+func TestRemoveServer(t *testing.T) {
+	ctx := context.Background()
+	f, drivers := newFabric(t)
+	specs := []*network.Spec{
+		{ID: "blue", Mode: driver.VXLAN, Subnet: netip.MustParsePrefix("198.19.0.0/24"), VNI: 42},
+		{ID: "red", Mode: driver.BGP, Subnet: netip.MustParsePrefix("198.19.128.0/17"), ASN: 64512},
+	}
+	var s1Range netip.Prefix // in red, the BGP network
+	for _, s := range specs {
+		sts, err := f.Ensure(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s1Range = sts[1].Spec.Local
+	}
+	if err := f.RemoveServer(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if nets, err := drivers["s1"].Networks(ctx); err != nil || len(nets) != 0 {
+		t.Fatalf("the removed server keeps networks %v, %v", nets, err)
+	}
+	for _, name := range []string{"s0", "s2"} {
+		nets, err := drivers[name].Networks(ctx)
+		if err != nil || len(nets) != 2 {
+			t.Fatalf("%s: networks %v, %v", name, nets, err)
+		}
+		for _, n := range nets {
+			if len(n.Peers) != 1 || n.Peers[0].Name == "s1" {
+				t.Fatalf("%s: network %s has peers %+v, want the other remaining server only", name, n.Spec.ID, n.Peers)
+			}
+		}
+	}
+	if err := f.RemoveServer(ctx, "s1"); !errors.Is(err, errcode.NotFound) {
+		t.Fatalf("removing it again: %v", err)
+	}
+	// Coming back under the same name, it gets its range again.
+	if err := f.AddServer("s1", drivers["s1"], netip.AddrFrom4([4]byte{198, 18, 0, 2})); err != nil {
+		t.Fatal(err)
+	}
+	sts, err := f.Ensure(ctx, specs[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sts[1].Spec.Local != s1Range || len(sts[1].Peers) != 2 {
+		t.Fatalf("s1 back: %+v", sts[1])
+	}
+}
+
+func TestPreflight(t *testing.T) {
+	ctx := context.Background()
+	f, err := network.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probers := map[string]preflight.Server{}
+	for i := range 2 {
+		name := fmt.Sprint("s", i)
+		if err := f.AddServer(name, memnetwork.New(nil), netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)})); err != nil {
+			t.Fatal(err)
+		}
+		probers[name] = preflight.NewLocal(nil)
+	}
+	if _, err := f.Ensure(ctx, &network.Spec{ID: "blue", Mode: driver.VXLAN, Subnet: netip.MustParsePrefix("198.19.0.0/24"), VNI: 42}); err != nil {
+		t.Fatal(err)
+	}
+	spec := &network.Spec{ID: "red", Mode: driver.BGP, Port: 17900, Subnet: netip.MustParsePrefix("198.19.0.0/16"), ASN: 64512}
+	r, err := f.Preflight(ctx, spec, probers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Pairs) != 2 || !r.Pairs[0].Reachable || len(r.Pairs[0].Ports) != 1 || !r.Pairs[0].Ports[0].Reachable {
+		t.Fatalf("pairs %+v", r.Pairs)
+	}
+	if len(r.Overlaps) != 1 || r.Overlaps[0].With != "network blue 198.19.0.0/24" || !errors.Is(r.Err(), errcode.FailedPrecondition) {
+		t.Fatalf("overlaps %+v, Err %v", r.Overlaps, r.Err())
+	}
+	spec.Subnet = netip.MustParsePrefix("127.0.0.0/30")
+	if r, err = f.Preflight(ctx, spec, probers); err != nil || len(r.Overlaps) != 2 || r.Overlaps[0].With != "underlay of server s0 127.0.0.1" {
+		t.Fatalf("a subnet holding the underlays: %+v, %v", r, err)
+	}
+	if _, err := f.Ensure(ctx, spec); !errors.Is(err, errcode.InvalidArgument) {
+		t.Fatalf("Ensure of a subnet holding the underlays: %v", err)
+	}
+	delete(probers, "s1")
+	if _, err := f.Preflight(ctx, spec, probers); !errors.Is(err, errcode.InvalidArgument) {
+		t.Fatalf("a server without a prober: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/musterkit/muster/internal/fleet"
 	"github.com/musterkit/muster/network"
 	netdriver "github.com/musterkit/muster/network/driver"
+	"github.com/musterkit/muster/network/preflight"
 )
 
 // TestContainersTalkAcrossServers builds a network of each mode across
@@ -46,10 +47,19 @@ func talkAcross(t *testing.T, driverName string, spec *network.Spec) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	probers := map[string]preflight.Server{}
 	for _, s := range f.Servers {
 		if err := fab.AddServer(s.Name, s.Client.Network(spec.Mode), s.Host.Addr); err != nil {
 			t.Fatal(err)
 		}
+		probers[s.Name] = s.Client.Preflight()
+	}
+	report, err := fab.Preflight(ctx, spec, probers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := report.Err(); err != nil || len(report.Pairs) != 6 || report.MTU != 1500-report.Overhead {
+		t.Fatalf("preflight through the agents: %v; report %+v", err, report)
 	}
 	if _, err := fab.Ensure(ctx, spec); err != nil {
 		t.Fatal(err)
@@ -103,6 +113,38 @@ func talkAcross(t *testing.T, driverName string, spec *network.Spec) {
 	}
 	converge(t, f, spec.Mode)
 	send(t, f, "c-s0", addrs, "s1", "s2")
+
+	// A server leaving: the others drop it (BGP withdraws its routes)
+	// and keep talking.
+	if err := fab.RemoveServer(ctx, "s2"); err != nil {
+		t.Fatal(err)
+	}
+	sts, err := f.Servers[0].Client.Network(spec.Mode).Networks(ctx)
+	if err != nil || len(sts) != 1 || len(sts[0].Peers) != 1 || sts[0].Peers[0].Name != "s1" {
+		t.Fatalf("s0's network after s2 left: %+v, %v", sts, err)
+	}
+	if spec.Mode == netdriver.BGP {
+		waitRoutes(t, f.Servers[0], 1)
+	}
+	send(t, f, "c-s0", addrs, "s1")
+}
+
+// waitRoutes waits until server s's kernel holds exactly n routes learnt
+// over BGP (proto bgp.RouteProtocol).
+func waitRoutes(t *testing.T, s *fleet.Server, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		out, err := s.Host.Command(context.Background(), "ip", "route", "show", "proto", fmt.Sprint(bgp.RouteProtocol)).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Count(string(out), "\n") == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s holds these BGP routes after 2 minutes, want %d:\n%s", s.Name, n, out)
+		}
+	}
 }
 
 // converge waits until, in BGP mode, every server's kernel holds a learnt
@@ -114,19 +156,7 @@ func converge(t *testing.T, f *fleet.Fleet, mode netdriver.Mode) {
 		return
 	}
 	for _, s := range f.Servers {
-		for deadline := time.Now().Add(2 * time.Minute); ; {
-			out, err := s.Host.Command(context.Background(), "ip", "route", "show", "proto", fmt.Sprint(bgp.RouteProtocol)).Output()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if strings.Count(string(out), "\n") == len(f.Servers)-1 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s learnt only these routes in 2 minutes:\n%s", s.Name, out)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		waitRoutes(t, s, len(f.Servers)-1)
 	}
 }
 

@@ -141,3 +141,39 @@ type Capabilities struct {
 	// Encrypted says traffic between servers is encrypted.
 	Encrypted bool `json:"encrypted,omitempty"`
 }
+
+// DefaultPort returns the port a network of mode uses when its Spec.Port
+// is zero: VXLAN's UDP 4789 (IANA), WireGuard's UDP 51820 (also for
+// VXLANOverWireGuard, whose VXLAN stays inside the tunnel), BGP's TCP 179;
+// 0 for an unknown mode.
+func DefaultPort(m Mode) uint16 {
+	switch m {
+	case VXLAN:
+		return 4789
+	case WireGuard, VXLANOverWireGuard:
+		return 51820
+	case BGP:
+		return 179
+	}
+	return 0
+}
+
+// Overhead returns the bytes a network of mode adds to each packet that
+// crosses an underlay of the given family, as the drivers count them for
+// their default MTU: VXLAN 50 over IPv4 and 70 over IPv6; WireGuard 80
+// (wg-quick's rule, for both families); VXLANOverWireGuard 150 (VXLAN over
+// the tunnel's IPv6, then WireGuard); BGP 0 (plain routing).
+func Overhead(m Mode, underlay6 bool) int {
+	switch m {
+	case VXLAN:
+		if underlay6 {
+			return 70
+		}
+		return 50
+	case WireGuard:
+		return 80
+	case VXLANOverWireGuard:
+		return 150
+	}
+	return 0
+}
