@@ -243,7 +243,7 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 	if err := d.syncRoutesLocked(ctx); err != nil {
 		d.log.Warn("bgp: syncing kernel routes", "network", spec.ID, "err", err)
 	}
-	return n.status(), nil
+	return n.status(ctx)
 }
 
 // DeleteNetwork implements driver.Driver: it stops the network's speaker
@@ -289,7 +289,11 @@ func (d *Driver) Networks(ctx context.Context) ([]*driver.Status, error) {
 	defer d.mu.Unlock()
 	var sts []*driver.Status
 	for _, id := range slices.Sorted(maps.Keys(d.networks)) {
-		sts = append(sts, d.networks[id].status())
+		st, err := d.networks[id].status(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sts = append(sts, st)
 	}
 	return sts, nil
 }
@@ -326,8 +330,19 @@ func (d *Driver) Close() error {
 	return err
 }
 
-func (n *network) status() *driver.Status {
-	return &driver.Status{Spec: n.spec, Bridge: bridgeName(n.spec.ID), MTU: n.mtu, Peers: clonePeers(n.peers)}
+// status returns n's state, with the peers whose session is established.
+func (n *network) status(ctx context.Context) (*driver.Status, error) {
+	st := &driver.Status{Spec: n.spec, Bridge: bridgeName(n.spec.ID), MTU: n.mtu, Peers: clonePeers(n.peers)}
+	up, err := n.sp.established(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range n.peers { // sorted by name
+		if up[p.Underlay] {
+			st.Connected = append(st.Connected, p.Name)
+		}
+	}
+	return st, nil
 }
 
 // port returns the spec's TCP port.

@@ -98,6 +98,19 @@ func ourRoutes(t *testing.T, h *testhost.Host, proto netlink.RouteProtocol) map[
 	return m
 }
 
+// checkConnected checks that d's one network reports exactly the peers
+// named as connected (sessions established).
+func checkConnected(t *testing.T, d driver.Driver, names ...string) {
+	t.Helper()
+	sts, err := d.Networks(context.Background())
+	if err != nil || len(sts) != 1 {
+		t.Fatalf("Networks: %v, %v", sts, err)
+	}
+	if !slices.Equal(sts[0].Connected, names) {
+		t.Fatalf("connected peers %q, want %q", sts[0].Connected, names)
+	}
+}
+
 // waitRoutes waits until h's routes of proto are exactly want.
 func waitRoutes(t *testing.T, h *testhost.Host, proto netlink.RouteProtocol, within time.Duration, want map[netip.Prefix]netip.Addr) {
 	t.Helper()
@@ -178,6 +191,8 @@ func TestSpeakersExchangeRanges(t *testing.T) {
 	mustSetPeers(t, d1, p0)
 	waitRoutes(t, h0, RouteProtocol, 20*time.Second, map[netip.Prefix]netip.Addr{p1.Range: h1.Addr})
 	waitRoutes(t, h1, RouteProtocol, 20*time.Second, map[netip.Prefix]netip.Addr{p0.Range: h0.Addr})
+	checkConnected(t, d0, h1.Name)
+	checkConnected(t, d1, h0.Name)
 
 	// TCP from 198.19.1.1 (h0's bridge) to 198.19.2.1 (h1's bridge).
 	l, err := h1.Listen("tcp4", "198.19.2.1:7000")
@@ -229,7 +244,9 @@ func TestSpeakersExchangeRanges(t *testing.T) {
 	if got := ourRoutes(t, h0, RouteProtocol); len(got) != 0 {
 		t.Fatalf("h0 still has routes %v after SetPeers(none)", got)
 	}
+	checkConnected(t, d0)
 	waitRoutes(t, h1, RouteProtocol, 3*time.Second, map[netip.Prefix]netip.Addr{})
+	checkConnected(t, d1)
 
 	// Back again. Changing h1's hold time restarts its speaker: the
 	// routes come back on both sides.
@@ -338,6 +355,7 @@ func TestBIRDInterop(t *testing.T) {
 	// Each side learns the other's range.
 	waitRoutes(t, h0, RouteProtocol, 30*time.Second, map[netip.Prefix]netip.Addr{birdRange: h1.Addr})
 	waitRoutes(t, h1, birdProto, 10*time.Second, map[netip.Prefix]netip.Addr{s0.Local.Masked(): h0.Addr})
+	checkConnected(t, d0, birdPeer.Name)
 
 	// Ours drops BIRD from its peers: BIRD withdraws our range from its
 	// kernel, ours BIRD's at once.
@@ -356,6 +374,7 @@ func TestBIRDInterop(t *testing.T) {
 	}
 	start := time.Now()
 	waitRoutes(t, h0, RouteProtocol, s0.HoldTime+resyncInterval+time.Second, map[netip.Prefix]netip.Addr{})
+	checkConnected(t, d0)
 	t.Logf("BIRD's route left h0's kernel %v after BIRD stopped (hold time %v)", time.Since(start).Round(100*time.Millisecond), s0.HoldTime)
 }
 

@@ -197,6 +197,21 @@ func (sp *speaker) setPeers(ctx context.Context, spec *driver.Spec, peers []driv
 	return nil
 }
 
+// established returns the underlay addresses of the neighbours whose
+// session is established.
+func (sp *speaker) established(ctx context.Context) (map[netip.Addr]bool, error) {
+	up := map[netip.Addr]bool{}
+	err := sp.s.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		if a, err := netip.ParseAddr(p.GetConf().GetNeighborAddress()); err == nil && p.GetState().GetSessionState() == api.PeerState_ESTABLISHED {
+			up[a] = true
+		}
+	})
+	if err != nil {
+		return nil, errcode.Wrap(errcode.Internal, fmt.Errorf("listing BGP neighbours: %w", err))
+	}
+	return up, nil
+}
+
 // route is a learnt route to install.
 type route struct {
 	dst     netip.Prefix

@@ -296,7 +296,7 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 	} else if err := d.update(ctx, n, spec, key, mtu); err != nil {
 		return nil, err
 	}
-	return n.status(), nil
+	return n.status()
 }
 
 // portOf returns the UDP port spec says.
@@ -739,7 +739,11 @@ func (d *Driver) Networks(ctx context.Context) ([]*driver.Status, error) {
 	}
 	var sts []*driver.Status
 	for _, id := range slices.Sorted(maps.Keys(d.networks)) {
-		sts = append(sts, d.networks[id].status())
+		st, err := d.networks[id].status()
+		if err != nil {
+			return nil, err
+		}
+		sts = append(sts, st)
 	}
 	return sts, nil
 }
@@ -768,15 +772,33 @@ func (d *Driver) Device(ctx context.Context, id string) (*wgtypes.Device, error)
 	return dev, nil
 }
 
-func (n *network) status() *driver.Status {
+// status returns n's state, with the peers that had a handshake in the
+// last RejectAfterTime.
+func (n *network) status() (*driver.Status, error) {
 	st := &driver.Status{Spec: n.spec, Bridge: n.bridge, MTU: n.mtu, PublicKey: n.publicKey}
 	if n.layer2() {
 		st.MTU = n.vxMTU
 	}
-	if len(n.peers) > 0 {
-		st.Peers = slices.Clone(n.peers)
+	if len(n.peers) == 0 {
+		return st, nil
 	}
-	return st
+	st.Peers = slices.Clone(n.peers)
+	dev, err := n.dev.state()
+	if err != nil {
+		return nil, err
+	}
+	recent := map[string]bool{}
+	for _, p := range dev.Peers {
+		if time.Since(p.LastHandshakeTime) < device.RejectAfterTime {
+			recent[p.PublicKey.String()] = true
+		}
+	}
+	for _, p := range n.peers { // sorted by name
+		if recent[p.PublicKey] {
+			st.Connected = append(st.Connected, p.Name)
+		}
+	}
+	return st, nil
 }
 
 // deviceLogger sends a device's log to the driver's logger.

@@ -293,6 +293,9 @@ func TestTraffic(t *testing.T) {
 		t.Fatalf("A's peer B: endpoint %v, keepalive %v", pb.Endpoint, pb.PersistentKeepaliveInterval)
 	}
 	a.firstDial(t, toC).Close()
+	if st := a.ensure(t); !slices.Equal(st.Connected, []string{b.name, c.name}) {
+		t.Fatalf("A's connected peers %q after talking to both", st.Connected)
+	}
 
 	t.Run("RotateKeys", func(t *testing.T) {
 		for _, s := range []*server{a, b} {
@@ -334,6 +337,9 @@ func TestTraffic(t *testing.T) {
 		}
 		if err := roundTrip(conn, r, "after removing C", 10*time.Second); err != nil {
 			t.Fatalf("A -> B after removing C: %v", err)
+		}
+		if st := a.ensure(t); !slices.Equal(st.Connected, []string{b.name}) {
+			t.Fatalf("A's connected peers %q after removing C", st.Connected)
 		}
 		routes := a.routes(t)
 		if !slices.Contains(routes, "198.19.2.0/24") || slices.Contains(routes, "198.19.3.0/24") {

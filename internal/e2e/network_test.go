@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +87,13 @@ func talkAcross(t *testing.T, driverName string, spec *network.Spec) {
 	}
 	converge(t, f, spec.Mode)
 	send(t, f, "c-s0", addrs, "s1", "s2")
+	if spec.Mode != netdriver.VXLAN {
+		// Sessions (BGP) or handshakes (WireGuard) with both others.
+		sts, err := f.Servers[0].Client.Network(spec.Mode).Networks(ctx)
+		if err != nil || len(sts) != 1 || !slices.Equal(sts[0].Connected, []string{"s1", "s2"}) {
+			t.Fatalf("s0's network: %+v, %v; want s1 and s2 connected", sts, err)
+		}
+	}
 
 	before, err := f.Servers[1].Client.Network(spec.Mode).Networks(ctx)
 	if err != nil {

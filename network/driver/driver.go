@@ -133,6 +133,12 @@ type Status struct {
 	PublicKey string `json:"publicKey,omitempty"`
 	// Peers are the peers in place, sorted by name.
 	Peers []Peer `json:"peers,omitempty"`
+	// Connected names, sorted, the peers this server has a live session
+	// with, in modes that have sessions: BGP's established sessions,
+	// WireGuard's peers with a handshake in the last three minutes (after
+	// which WireGuard itself rejects the session's keys). Callers wait on
+	// it for a network to converge. Always empty in mode VXLAN.
+	Connected []string `json:"connected,omitempty"`
 }
 
 // Capabilities says what a driver supports.
