@@ -225,7 +225,8 @@ const (
 	SourceHash Algorithm = "source-hash"
 )
 
-// Pool is a set of servers traffic is spread over.
+// Pool is a set of servers traffic is spread over. A pool serves frontends
+// of one protocol: TCP or HTTP, not both.
 type Pool struct {
 	// Name is a DNS label, unique among pools.
 	Name string `json:"name"`

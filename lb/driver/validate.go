@@ -166,6 +166,11 @@ func (c *Config) Validate() error {
 		}
 		binds[f.Port] = append(binds[f.Port], a)
 	}
+	for _, p := range c.Pools {
+		if c.PoolProtocol(p.Name) == "" {
+			return invalid("pool %q is used by both TCP and HTTP frontends; use two pools", p.Name)
+		}
+	}
 	if c.Unsafe != nil {
 		for k := range c.Unsafe.RawSnippets {
 			if err := validSnippetKey(k); err != nil {
@@ -505,6 +510,26 @@ func Equal(a, b *Config) bool {
 	x, _ := json.Marshal(a.Normalized())
 	y, _ := json.Marshal(b.Normalized())
 	return string(x) == string(y)
+}
+
+// PoolProtocol returns the protocol of the frontends that use pool: TCP or
+// HTTP, TCP for a pool no frontend uses, and "" for a pool used by both
+// (which Validate rejects).
+func (c *Config) PoolProtocol(pool string) Protocol {
+	var tcp, http bool
+	for _, f := range c.Frontends {
+		if f.DefaultPool == pool || slices.ContainsFunc(f.Routes, func(r Route) bool { return r.Pool == pool }) {
+			tcp = tcp || f.Protocol == TCP
+			http = http || f.Protocol == HTTP
+		}
+	}
+	switch {
+	case tcp && http:
+		return ""
+	case http:
+		return HTTP
+	}
+	return TCP
 }
 
 // Pool returns the pool named name, or nil.

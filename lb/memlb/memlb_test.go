@@ -5,8 +5,8 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/musterkit/muster/lb/drivertest"
 	"github.com/musterkit/muster/lb/driver"
+	"github.com/musterkit/muster/lb/drivertest"
 	"github.com/musterkit/muster/lb/memlb"
 )
 

@@ -1,0 +1,666 @@
+// Package haproxy is a load-balancer driver (lb/driver) that runs HAProxy.
+//
+// Each Driver manages one HAProxy instance in master-worker mode
+// (haproxy -W -S <dir>/master.sock), with everything it owns in its own
+// directory: the configuration, the pid file, the master and stats sockets
+// and the certificate files. Several instances run side by side.
+//
+// A configuration goes through the shared validation (driver.Config.Validate),
+// a pure Render, HAProxy's own check (haproxy -c -f on a candidate file), an
+// atomic swap of the file (renameio) and a seamless reload through the master
+// CLI ("reload"): the stats socket exposes its listeners (expose-fd
+// listeners), so the master passes the listening sockets to the new worker
+// (-x) and no connection is refused during a reload. A configuration that
+// fails the check never replaces the running one.
+//
+// Server operations (add, remove, weight, drain, maintenance) go through the
+// runtime API on the stats socket (add server, del server, set weight, set
+// server state) without a reload; the file is rewritten to match, so a later
+// reload keeps them. Where the runtime API cannot do it (a pool with
+// Algorithm Weighted, which is static-rr, or a server given by DNS name, or
+// a server still holding connections when removed) the driver reloads
+// instead. Drained servers are written as disabled and set to drain through
+// the runtime API after each start or reload, since HAProxy's configuration
+// has no drain keyword. Stats come from "show stat".
+//
+// Requirements: the Debian package haproxy (2.6, /usr/sbin/haproxy).
+// Binding ports below 1024 needs CAP_NET_BIND_SERVICE (root); otherwise any
+// user that can write the directory can run an instance. The driver passes
+// the conformance suite in lb/drivertest; its traffic tests run as root.
+package haproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/renameio/v2"
+
+	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/lb/driver"
+)
+
+var _ driver.Driver = (*Driver)(nil)
+
+// DefaultBinary is where Debian installs HAProxy.
+const DefaultBinary = "/usr/sbin/haproxy"
+
+// Options configure a Driver. The zero value is usable.
+type Options struct {
+	// Binary is the haproxy program; empty means DefaultBinary.
+	Binary string
+	// Logger receives one record per start, reload and runtime change;
+	// nil discards.
+	Logger *slog.Logger
+	// Command builds the command that runs the long-lived master process,
+	// for example inside a network namespace; nil means exec.Command. It
+	// must run the program directly (its pid is the master's).
+	Command func(name string, args ...string) *exec.Cmd
+	// ReloadTimeout bounds a start or reload; 0 means 15s.
+	ReloadTimeout time.Duration
+}
+
+// Driver runs one HAProxy instance. It is safe for concurrent use.
+type Driver struct {
+	dir  string
+	bin  string
+	log  *slog.Logger
+	cmd  func(string, ...string) *exec.Cmd
+	wait time.Duration
+
+	mu      sync.Mutex
+	cfg     *driver.Config // in force, normalized
+	text    string         // the rendered configuration in force
+	proc    *process
+	reloads int
+	closed  bool
+}
+
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the master exited
+	err  error
+}
+
+// Open returns a driver for an instance kept in dir (created if missing,
+// mode 0700). Nothing runs until the first Apply. The directory must be
+// private to this instance, and short enough for socket paths (at most 90
+// bytes).
+func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, errcode.Wrap(errcode.InvalidArgument, err)
+	}
+	if len(dir) > 90 {
+		return nil, errcode.New(errcode.InvalidArgument, "directory %q is too long for unix socket paths", dir)
+	}
+	d := &Driver{dir: dir, bin: cmpOr(opts.Binary, DefaultBinary), log: opts.Logger, cmd: opts.Command,
+		wait: opts.ReloadTimeout, cfg: &driver.Config{}}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.cmd == nil {
+		d.cmd = exec.Command
+	}
+	if d.wait == 0 {
+		d.wait = 15 * time.Second
+	}
+	if _, err := os.Stat(d.bin); err != nil {
+		return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("haproxy binary (Debian package haproxy): %w", err))
+	}
+	if err := os.MkdirAll(filepath.Join(dir, CertDir), 0o700); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Dir returns the instance directory.
+func (d *Driver) Dir() string { return d.dir }
+
+// Capabilities implements driver.Driver.
+func (d *Driver) Capabilities() driver.Capabilities {
+	return driver.Capabilities{ActiveHealthChecks: true, RuntimeAPI: true, TLS: true, Layer7: true,
+		SessionStats: true, Drain: true, RawSnippets: true}
+}
+
+// Reloads counts starts and reloads, for drivertest.Reloader.
+func (d *Driver) Reloads() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reloads
+}
+
+// Pid returns the master process's pid, or 0 if none runs.
+func (d *Driver) Pid() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.running() {
+		return d.proc.cmd.Process.Pid
+	}
+	return 0
+}
+
+func (d *Driver) running() bool {
+	if d.proc == nil {
+		return false
+	}
+	select {
+	case <-d.proc.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (d *Driver) usable() error {
+	if d.closed {
+		return errcode.New(errcode.FailedPrecondition, "balancer is closed")
+	}
+	return nil
+}
+
+// Apply implements driver.Driver.
+func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return err
+	}
+	if driver.Equal(cfg, d.cfg) && (d.running() || len(d.cfg.Frontends)+len(d.cfg.Pools) == 0) {
+		return nil
+	}
+	return d.install(ctx, cfg.Normalized(), nil)
+}
+
+// install renders, checks, swaps and (re)starts; runtime, if set, is tried
+// first instead of a reload once the new file is in place, and the reload
+// happens only if it fails. Called with d.mu held.
+func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func() error) error {
+	r, err := Render(cfg, d.dir)
+	if err != nil {
+		return err
+	}
+	for path, data := range r.Files {
+		if _, err := os.Stat(path); err == nil {
+			continue // content-addressed: already there
+		}
+		if err := renameio.WriteFile(path, data, 0o600); err != nil {
+			return err
+		}
+	}
+	if err := d.check(ctx, r.Config); err != nil {
+		return err
+	}
+	old := d.text
+	if err := renameio.WriteFile(filepath.Join(d.dir, ConfigFile), []byte(r.Config), 0o600); err != nil {
+		return err
+	}
+	if runtime != nil && d.running() {
+		if err := runtime(); err == nil {
+			d.cfg, d.text = cfg, r.Config
+			d.log.InfoContext(ctx, "haproxy changed through the runtime API", "dir", d.dir)
+			return nil
+		} else {
+			d.log.WarnContext(ctx, "haproxy runtime API change failed; reloading", "dir", d.dir, "err", err)
+		}
+	}
+	if d.running() {
+		err = d.reload(ctx)
+	} else {
+		err = d.start(ctx)
+	}
+	if err != nil {
+		// The old file goes back so that nothing later loads the failed one.
+		if old != "" {
+			err = errors.Join(err, renameio.WriteFile(filepath.Join(d.dir, ConfigFile), []byte(old), 0o600))
+		}
+		return err
+	}
+	d.reloads++
+	d.cfg, d.text = cfg, r.Config
+	d.gcCerts(r)
+	return d.reconcile(ctx, cfg)
+}
+
+// check runs haproxy -c on a candidate file. A rejection is
+// errcode.InvalidArgument and carries HAProxy's message.
+func (d *Driver) check(ctx context.Context, text string) error {
+	cand := filepath.Join(d.dir, "candidate.cfg")
+	if err := os.WriteFile(cand, []byte(text), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(cand)
+	out, err := exec.CommandContext(ctx, d.bin, "-c", "-q", "-f", cand).CombinedOutput()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return errcode.New(errcode.InvalidArgument, "haproxy rejects the configuration: %v: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func (d *Driver) start(ctx context.Context) error {
+	for _, s := range []string{MasterSocket, StatsSocket} {
+		os.Remove(filepath.Join(d.dir, s))
+	}
+	logf, err := os.OpenFile(filepath.Join(d.dir, "haproxy.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := d.cmd(d.bin, "-W", "-S", filepath.Join(d.dir, MasterSocket)+",mode,600",
+		"-f", filepath.Join(d.dir, ConfigFile), "-p", filepath.Join(d.dir, PidFile))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = d.dir
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true // a signal to the test's group is not ours
+	if err := cmd.Start(); err != nil {
+		return errcode.Wrap(errcode.Unavailable, err)
+	}
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	d.proc = p
+	deadline := time.Now().Add(d.wait)
+	for {
+		select {
+		case <-p.done:
+			d.proc = nil
+			return errcode.New(errcode.FailedPrecondition, "haproxy exited at start (%v): %s", p.err, d.tail())
+		case <-ctx.Done():
+			d.stop()
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if pid, err := d.workerPid(); err == nil && pid != 0 {
+			if err := d.waitStats(ctx, pid, deadline); err != nil {
+				d.stop()
+				return err
+			}
+			d.log.InfoContext(ctx, "haproxy started", "dir", d.dir, "pid", cmd.Process.Pid, "worker", pid)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			d.stop()
+			return errcode.New(errcode.Unavailable, "haproxy did not start within %v: %s", d.wait, d.tail())
+		}
+	}
+}
+
+// tail returns the end of the instance's log, for error messages.
+func (d *Driver) tail() string {
+	b, _ := os.ReadFile(filepath.Join(d.dir, "haproxy.log"))
+	if len(b) > 800 {
+		b = b[len(b)-800:]
+	}
+	return string(bytes.TrimSpace(b))
+}
+
+// reload asks the master for a seamless reload and waits for the new
+// worker to serve the stats socket.
+func (d *Driver) reload(ctx context.Context) error {
+	before, err := d.workerPid()
+	if err != nil {
+		return err
+	}
+	if _, err := d.master("reload"); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	deadline := time.Now().Add(d.wait)
+	for {
+		pid, err := d.workerPid()
+		if err == nil && pid != 0 && pid != before {
+			if err := d.waitStats(ctx, pid, deadline); err != nil {
+				return err
+			}
+			d.log.InfoContext(ctx, "haproxy reloaded", "dir", d.dir, "worker", pid)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errcode.New(errcode.Unavailable, "haproxy did not reload within %v: %s", d.wait, d.tail())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.proc.done:
+			return errcode.New(errcode.Unavailable, "haproxy exited during a reload: %s", d.tail())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// waitStats waits until the stats socket is served by worker pid.
+func (d *Driver) waitStats(ctx context.Context, pid int, deadline time.Time) error {
+	want := fmt.Sprintf("Pid: %d\n", pid)
+	for {
+		out, err := d.runtime("show info")
+		if err == nil && strings.Contains(out, want) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errcode.New(errcode.Unavailable, "haproxy worker %d does not serve the stats socket: %v", pid, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// workerPid returns the current worker's pid from the master's "show proc".
+func (d *Driver) workerPid() (int, error) {
+	out, err := d.master("show proc")
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	section := ""
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.HasPrefix(l, "# ") {
+			section = l
+			continue
+		}
+		f := strings.Fields(l)
+		if section == "# workers" && len(f) >= 2 && f[1] == "worker" {
+			return strconv.Atoi(f[0])
+		}
+	}
+	return 0, nil
+}
+
+// master sends one command to the master CLI and returns its answer.
+func (d *Driver) master(cmd string) (string, error) {
+	return send(filepath.Join(d.dir, MasterSocket), cmd)
+}
+
+// runtime sends one command to the worker's stats socket.
+func (d *Driver) runtime(cmd string) (string, error) {
+	return send(filepath.Join(d.dir, StatsSocket), cmd)
+}
+
+func send(path, cmd string) (string, error) {
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return "", errcode.Wrap(errcode.Unavailable, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, cmd+"\n"); err != nil {
+		return "", errcode.Wrap(errcode.Unavailable, err)
+	}
+	c.(*net.UnixConn).CloseWrite()
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return string(b), errcode.Wrap(errcode.Unavailable, err)
+	}
+	return string(b), nil
+}
+
+// runtimeCmds runs commands that answer nothing on success, or the given
+// answer.
+func (d *Driver) runtimeCmds(cmds ...[2]string) error {
+	for _, c := range cmds {
+		out, err := d.runtime(c[0])
+		if err != nil {
+			return err
+		}
+		if got := strings.TrimSpace(out); got != c[1] {
+			return errcode.New(errcode.Internal, "haproxy runtime API: %q answered %q", c[0], got)
+		}
+	}
+	return nil
+}
+
+func stateWord(st driver.AdminState) string {
+	switch st {
+	case driver.Drain:
+		return "drain"
+	case driver.Maintenance:
+		return "maint"
+	}
+	return "ready"
+}
+
+// reconcile puts drained servers into drain, which the file cannot say.
+func (d *Driver) reconcile(ctx context.Context, cfg *driver.Config) error {
+	var cmds [][2]string
+	for _, p := range cfg.Pools {
+		for _, s := range p.Servers {
+			if s.State == driver.Drain {
+				cmds = append(cmds, [2]string{fmt.Sprintf("set server %s/%s state drain", backendName(p.Name), s.Name), ""})
+			}
+		}
+	}
+	return d.runtimeCmds(cmds...)
+}
+
+// Config implements driver.Driver.
+func (d *Driver) Config(ctx context.Context) (*driver.Config, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return nil, err
+	}
+	return d.cfg.Normalized(), nil
+}
+
+// change applies a server operation: the new config is rendered, checked
+// and written, then runtime is tried, then a reload.
+func (d *Driver) change(ctx context.Context, next func(*driver.Config) (*driver.Config, error), runtime func(*driver.Config) func() error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return err
+	}
+	cfg, err := next(d.cfg)
+	if err != nil {
+		return err
+	}
+	if !d.running() {
+		d.cfg = cfg // nothing runs yet: the next Apply starts with it
+		return nil
+	}
+	return d.install(ctx, cfg, runtime(cfg))
+}
+
+// dynamic reports whether HAProxy 2.6 can add servers to pool at run time.
+func dynamic(p *driver.Pool) bool { return p.Algorithm != driver.Weighted }
+
+// AddServer implements driver.Driver: "add server" then "enable health"
+// and "set server state", without a reload, where HAProxy allows it.
+func (d *Driver) AddServer(ctx context.Context, pool string, srv driver.Server) error {
+	return d.change(ctx, func(c *driver.Config) (*driver.Config, error) { return c.AddServer(pool, srv) },
+		func(c *driver.Config) func() error {
+			p := c.Pool(pool)
+			s := *p.Server(srv.Name)
+			return func() error {
+				if !dynamic(p) {
+					return errcode.New(errcode.Unimplemented, "pool %q: static-rr has no dynamic servers", pool)
+				}
+				if _, err := netipParse(s.Address); err != nil {
+					return errcode.New(errcode.Unimplemented, "dynamic servers need an IP address")
+				}
+				name := backendName(pool) + "/" + s.Name
+				check := ""
+				if p.HealthCheck != nil {
+					check = checkArgs(p.HealthCheck)
+				}
+				cmds := [][2]string{{"add server " + name + " " + serverArgs(s, check), "New server registered."}}
+				if check != "" {
+					cmds = append(cmds, [2]string{"enable health " + name, ""})
+				}
+				cmds = append(cmds, [2]string{"set server " + name + " state " + stateWord(s.State), ""})
+				return d.runtimeCmds(cmds...)
+			}
+		})
+}
+
+// RemoveServer implements driver.Driver: maintenance then "del server",
+// which HAProxy refuses while the server holds connections; the driver
+// then reloads, and the old worker finishes them.
+func (d *Driver) RemoveServer(ctx context.Context, pool, name string) error {
+	return d.change(ctx, func(c *driver.Config) (*driver.Config, error) { return c.RemoveServer(pool, name) },
+		func(c *driver.Config) func() error {
+			n := backendName(pool) + "/" + name
+			return func() error {
+				return d.runtimeCmds([2]string{"set server " + n + " state maint", ""}, [2]string{"del server " + n, "Server deleted."})
+			}
+		})
+}
+
+// SetWeight implements driver.Driver with "set weight".
+func (d *Driver) SetWeight(ctx context.Context, pool, name string, weight int) error {
+	return d.change(ctx, func(c *driver.Config) (*driver.Config, error) { return c.SetWeight(pool, name, weight) },
+		func(c *driver.Config) func() error {
+			return func() error {
+				if !dynamic(c.Pool(pool)) {
+					return errcode.New(errcode.Unimplemented, "static-rr weights change by reload")
+				}
+				return d.runtimeCmds([2]string{fmt.Sprintf("set weight %s/%s %d", backendName(pool), name, weight), ""})
+			}
+		})
+}
+
+// SetState implements driver.Driver with "set server state".
+func (d *Driver) SetState(ctx context.Context, pool, name string, st driver.AdminState) error {
+	return d.change(ctx, func(c *driver.Config) (*driver.Config, error) { return c.SetState(pool, name, st) },
+		func(c *driver.Config) func() error {
+			return func() error {
+				return d.runtimeCmds([2]string{fmt.Sprintf("set server %s/%s state %s", backendName(pool), name, stateWord(st)), ""})
+			}
+		})
+}
+
+
+// Stats implements driver.Driver from "show stat".
+func (d *Driver) Stats(ctx context.Context) ([]driver.ServerStats, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return nil, err
+	}
+	var out []driver.ServerStats
+	byName := map[string]*driver.ServerStats{}
+	for _, p := range d.cfg.Pools {
+		for _, s := range p.Servers {
+			out = append(out, driver.ServerStats{Pool: p.Name, Server: s.Name, State: driver.Down, Weight: s.Weight})
+		}
+	}
+	for i := range out {
+		byName[backendName(out[i].Pool)+"/"+out[i].Server] = &out[i]
+	}
+	if !d.running() {
+		return sortStats(out), nil
+	}
+	text, err := d.runtime("show stat")
+	if err != nil {
+		return nil, err
+	}
+	rows, err := csv.NewReader(strings.NewReader(strings.TrimPrefix(text, "# "))).ReadAll()
+	if err != nil || len(rows) == 0 {
+		return nil, errcode.New(errcode.Internal, "show stat: unreadable answer: %v", err)
+	}
+	col := map[string]int{}
+	for i, h := range rows[0] {
+		col[h] = i
+	}
+	for _, row := range rows[1:] {
+		if len(row) < len(rows[0])-1 {
+			continue
+		}
+		st := byName[row[col["pxname"]]+"/"+row[col["svname"]]]
+		if st == nil {
+			continue
+		}
+		st.State = serverState(row[col["status"]])
+		st.Weight, _ = strconv.Atoi(row[col["weight"]])
+		st.CurrentSessions, _ = strconv.ParseInt(row[col["scur"]], 10, 64)
+		st.TotalConnections, _ = strconv.ParseInt(row[col["stot"]], 10, 64)
+	}
+	return sortStats(out), nil
+}
+
+func sortStats(s []driver.ServerStats) []driver.ServerStats {
+	slices.SortFunc(s, func(a, b driver.ServerStats) int {
+		return strings.Compare(a.Pool+"\x00"+a.Server, b.Pool+"\x00"+b.Server)
+	})
+	return s
+}
+
+// serverState maps HAProxy's status column ("UP", "UP 1/3", "DOWN",
+// "DRAIN", "MAINT", "MAINT (via x/y)", "no check", "NOLB") to the model.
+func serverState(s string) driver.ServerState {
+	switch {
+	case strings.HasPrefix(s, "MAINT"):
+		return driver.Maint
+	case strings.HasPrefix(s, "DRAIN"):
+		return driver.Draining
+	case strings.HasPrefix(s, "DOWN"):
+		return driver.Down
+	}
+	return driver.Up
+}
+
+// stop ends the master (SIGTERM, then SIGKILL after 5s), by its pid.
+func (d *Driver) stop() {
+	p := d.proc
+	if p == nil {
+		return
+	}
+	d.proc = nil
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// Close implements driver.Driver: it stops HAProxy. The directory stays.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	d.stop()
+	return nil
+}
+
+// gcCerts removes certificate files no longer referenced by r.
+func (d *Driver) gcCerts(r *Rendered) {
+	entries, _ := os.ReadDir(filepath.Join(d.dir, CertDir))
+	for _, e := range entries {
+		p := filepath.Join(d.dir, CertDir, e.Name())
+		if _, ok := r.Files[p]; !ok {
+			os.Remove(p)
+		}
+	}
+}

@@ -1,0 +1,53 @@
+package haproxy_test
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/musterkit/muster/drivers/haproxy"
+	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/lb/driver"
+	"github.com/musterkit/muster/lb/drivertest"
+)
+
+// shortDir returns a fresh directory with a path short enough for sockets.
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mhap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func open(t *testing.T) *haproxy.Driver {
+	t.Helper()
+	d, err := haproxy.Open(t.Context(), filepath.Join(shortDir(t), "lb"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// freePort returns a loopback port nothing listens on now.
+func freePort(t *testing.T) (string, uint16) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return "127.0.0.1", uint16(l.Addr().(*net.TCPAddr).Port)
+}
+
+func TestConformance(t *testing.T) {
+	roottest.Require(t, roottest.BinaryFrom("haproxy", "haproxy"))
+	drivertest.RunConformanceTests(t, drivertest.Harness{
+		Open:        func(t *testing.T) driver.Driver { return open(t) },
+		Bind:        freePort,
+		BadSnippets: map[string]string{"global": "no-such-directive on"},
+	})
+}
