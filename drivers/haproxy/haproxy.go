@@ -556,7 +556,6 @@ func (d *Driver) SetState(ctx context.Context, pool, name string, st driver.Admi
 		})
 }
 
-
 // Stats implements driver.Driver from "show stat".
 func (d *Driver) Stats(ctx context.Context) ([]driver.ServerStats, error) {
 	d.mu.Lock()

@@ -51,3 +51,12 @@ func TestConformance(t *testing.T) {
 		BadSnippets: map[string]string{"global": "no-such-directive on"},
 	})
 }
+
+func TestTraffic(t *testing.T) {
+	roottest.Require(t, roottest.BinaryFrom("haproxy", "haproxy"))
+	drivertest.RunTrafficTests(t, drivertest.TrafficHarness{
+		Open:            func(t *testing.T) driver.Driver { return open(t) },
+		ZeroLossReloads: true,
+		BadSnippets:     map[string]string{"global": "no-such-directive on"},
+	})
+}
