@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net/netip"
 	"slices"
 	"strings"
@@ -19,33 +18,6 @@ import (
 	"github.com/musterkit/muster/network/drivertest"
 	"github.com/vishvananda/netlink"
 )
-
-func TestConformanceVXLAN(t *testing.T) {
-	require(t)
-	var under netip.Addr
-	drivertest.RunConformanceTests(t, drivertest.Harness{
-		Mode: driver.VXLANOverWireGuard,
-		Open: func(t *testing.T) driver.Driver {
-			c := testhost.New(t, 1)
-			under = c.Hosts[0].Addr
-			d, _ := openOn(t, c.Hosts[0])
-			return d
-		},
-		Spec: func(id string) *driver.Spec {
-			s := drivertest.NewSpec(driver.VXLANOverWireGuard, id, under)
-			f := fnv.New32a()
-			f.Write([]byte(id))
-			s.Port = uint16(40000 + f.Sum32()%20000)
-			return s
-		},
-		Peers: func() []driver.Peer {
-			a := under.As4()
-			a[3] = 200
-			b := netip.AddrFrom4(a)
-			return drivertest.NewPeers(driver.VXLANOverWireGuard, b, b.Next())
-		},
-	})
-}
 
 func TestTunnelAddress(t *testing.T) {
 	a := TunnelAddress("net-a", netip.MustParseAddr("198.18.0.1"))

@@ -216,6 +216,25 @@ func (d *Driver) checkOpen() error {
 	return nil
 }
 
+// lockNetwork checks ctx, takes the driver's lock and looks network id
+// up (errcode.NotFound if unknown); the caller calls unlock when done.
+func (d *Driver) lockNetwork(ctx context.Context, id string) (_ *network, unlock func(), _ error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	d.mu.Lock()
+	if err := d.checkOpen(); err != nil {
+		d.mu.Unlock()
+		return nil, nil, err
+	}
+	n := d.networks[id]
+	if n == nil {
+		d.mu.Unlock()
+		return nil, nil, errcode.New(errcode.NotFound, "wireguard: network %q not found", id)
+	}
+	return n, d.mu.Unlock, nil
+}
+
 // BridgeName returns the name of network id's bridge: "mwb-" and id when
 // id has at most 11 bytes, otherwise "mwb-", id's first five bytes, a dot
 // (which no ID holds) and five hex digits of its FNV-1a hash.
@@ -582,18 +601,11 @@ func (d *Driver) setBridgeAddr(br netlink.Link, local, old netip.Prefix) error {
 // WireGuard device (its goroutines and socket stop, its TUN link and the
 // routes through it vanish) and deletes the bridge.
 func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
-	if err := ctx.Err(); err != nil {
+	n, unlock, err := d.lockNetwork(ctx, id)
+	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.checkOpen(); err != nil {
-		return err
-	}
-	n := d.networks[id]
-	if n == nil {
-		return errcode.New(errcode.NotFound, "wireguard: network %q not found", id)
-	}
+	defer unlock()
 	delete(d.networks, id)
 	if err := d.remove(ctx, n); err != nil {
 		return err
@@ -609,18 +621,11 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 // routes; peers that did not change are not touched, so their sessions
 // go on.
 func (d *Driver) SetPeers(ctx context.Context, id string, peers []driver.Peer) error {
-	if err := ctx.Err(); err != nil {
+	n, unlock, err := d.lockNetwork(ctx, id)
+	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.checkOpen(); err != nil {
-		return err
-	}
-	n := d.networks[id]
-	if n == nil {
-		return errcode.New(errcode.NotFound, "wireguard: network %q not found", id)
-	}
+	defer unlock()
 	if err := driver.ValidatePeers(&n.spec, peers); err != nil {
 		return err
 	}
@@ -752,18 +757,11 @@ func (d *Driver) Networks(ctx context.Context) ([]*driver.Status, error) {
 // peers with their endpoints, last handshakes and byte counters) in
 // wgctrl's types, as wg show reports it.
 func (d *Driver) Device(ctx context.Context, id string) (*wgtypes.Device, error) {
-	if err := ctx.Err(); err != nil {
+	n, unlock, err := d.lockNetwork(ctx, id)
+	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.checkOpen(); err != nil {
-		return nil, err
-	}
-	n := d.networks[id]
-	if n == nil {
-		return nil, errcode.New(errcode.NotFound, "wireguard: network %q not found", id)
-	}
+	defer unlock()
 	dev, err := n.dev.state()
 	if err != nil {
 		return nil, err

@@ -56,33 +56,40 @@ func openOn(t testing.TB, h *testhost.Host) (*Driver, *netlink.Handle) {
 	return d, hh
 }
 
+// TestConformance runs the suite in both modes, in subtests named after
+// them.
 func TestConformance(t *testing.T) {
 	require(t)
-	var under netip.Addr
-	drivertest.RunConformanceTests(t, drivertest.Harness{
-		Mode: driver.WireGuard,
-		Open: func(t *testing.T) driver.Driver {
-			c := testhost.New(t, 1)
-			under = c.Hosts[0].Addr
-			d, _ := openOn(t, c.Hosts[0])
-			return d
-		},
-		Spec: func(id string) *driver.Spec {
-			s := drivertest.NewSpec(driver.WireGuard, id, under)
-			f := fnv.New32a()
-			f.Write([]byte(id))
-			s.Port = uint16(40000 + f.Sum32()%20000) // distinct per network on one server
-			return s
-		},
-		Peers: func() []driver.Peer {
-			// Addresses of the cluster's subnet that no host holds: the
-			// peers' keepalives go nowhere outside the test's switch.
-			a := under.As4()
-			a[3] = 200
-			b := netip.AddrFrom4(a)
-			return drivertest.NewPeers(driver.WireGuard, b, b.Next())
-		},
-	})
+	for _, mode := range []driver.Mode{driver.WireGuard, driver.VXLANOverWireGuard} {
+		t.Run(string(mode), func(t *testing.T) {
+			var under netip.Addr
+			drivertest.RunConformanceTests(t, drivertest.Harness{
+				Mode: mode,
+				Open: func(t *testing.T) driver.Driver {
+					c := testhost.New(t, 1)
+					under = c.Hosts[0].Addr
+					d, _ := openOn(t, c.Hosts[0])
+					return d
+				},
+				Spec: func(id string) *driver.Spec {
+					s := drivertest.NewSpec(mode, id, under)
+					f := fnv.New32a()
+					f.Write([]byte(id))
+					s.Port = uint16(40000 + f.Sum32()%20000) // distinct per network on one server
+					return s
+				},
+				Peers: func() []driver.Peer {
+					// Addresses of the cluster's subnet that no host
+					// holds: the peers' keepalives go nowhere outside
+					// the test's switch.
+					a := under.As4()
+					a[3] = 200
+					b := netip.AddrFrom4(a)
+					return drivertest.NewPeers(mode, b, b.Next())
+				},
+			})
+		})
+	}
 }
 
 // server is one host of a traffic test with its driver and spec.
