@@ -23,8 +23,8 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	f.AddServer("s1", memnetwork.New(nil), netip.MustParseAddr("198.18.0.1"))
-	f.AddServer("s2", memnetwork.New(nil), netip.MustParseAddr("198.18.0.2"))
+	f.AddServer("s1", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.1"))
+	f.AddServer("s2", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.2"))
 	sts, err := f.Ensure(ctx, &network.Spec{ID: "apps", Mode: driver.WireGuard, Subnet: netip.MustParsePrefix("198.19.0.0/16")})
 	if err != nil {
 		log.Fatal(err)

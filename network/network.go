@@ -71,10 +71,36 @@ type Fabric struct {
 	servers map[string]server
 }
 
+// Server is what a Fabric needs of a server: its network driver for each
+// mode. An agent.Client is one (its Network method); Local makes one of a
+// driver in this process. A Server that also has a method
+// Preflight() preflight.Server (agent.Client does) can take part in
+// Fabric.Preflight.
+type Server interface {
+	Network(mode driver.Mode) driver.Driver
+}
+
+// Local is a Server in this process: Driver serves every mode (as
+// memnetwork does, or a real driver for the modes it supports), and
+// Prober, if set, runs the server's side of preflights.
+type Local struct {
+	Driver driver.Driver
+	Prober preflight.Server
+}
+
+// Network returns l.Driver whatever the mode.
+func (l Local) Network(driver.Mode) driver.Driver { return l.Driver }
+
+// Preflight returns l.Prober.
+func (l Local) Preflight() preflight.Server { return l.Prober }
+
 type server struct {
-	d        driver.Driver
+	s        Server
 	underlay netip.Addr
 }
+
+// driver returns the server's driver for mode.
+func (s server) driver(mode driver.Mode) driver.Driver { return s.s.Network(mode) }
 
 // Open returns a Fabric keeping its state in dir, created if missing.
 func Open(dir string, opts *Options) (*Fabric, error) {
@@ -90,7 +116,7 @@ func Open(dir string, opts *Options) (*Fabric, error) {
 
 // AddServer adds a server, named by a DNS label, whose peers reach it at
 // underlay. Networks already ensured reach it at their next Ensure.
-func (f *Fabric) AddServer(name string, d driver.Driver, underlay netip.Addr) error {
+func (f *Fabric) AddServer(name string, srv Server, underlay netip.Addr) error {
 	if err := image.ValidName(name); err != nil {
 		return fmt.Errorf("add server %q: %w", name, err)
 	}
@@ -107,7 +133,10 @@ func (f *Fabric) AddServer(name string, d driver.Driver, underlay netip.Addr) er
 			return errcode.New(errcode.AlreadyExists, "add server %q: server %q has underlay %v", name, other, underlay)
 		}
 	}
-	f.servers[name] = server{d, underlay}
+	if srv == nil {
+		return errcode.New(errcode.InvalidArgument, "add server %q: no Server", name)
+	}
+	f.servers[name] = server{srv, underlay}
 	return nil
 }
 
@@ -139,17 +168,18 @@ func (f *Fabric) Ensure(ctx context.Context, spec *Spec) (_ []*driver.Status, er
 	var created []string
 	for i, name := range names {
 		s := servers[name]
-		existed, err := has(ctx, s.d, spec.ID)
+		d := s.driver(spec.Mode)
+		existed, err := has(ctx, d, spec.ID)
 		if err == nil {
 			var ds *driver.Spec
 			if ds, err = f.serverSpec(spec, name, s.underlay, pool); err == nil {
-				statuses[i], err = s.d.EnsureNetwork(ctx, ds)
+				statuses[i], err = d.EnsureNetwork(ctx, ds)
 			}
 		}
 		if err != nil {
 			err = fmt.Errorf("ensure network %q on server %q: %w", spec.ID, name, err)
 			for _, c := range created {
-				if e := servers[c].d.DeleteNetwork(context.WithoutCancel(ctx), spec.ID); e != nil {
+				if e := servers[c].driver(spec.Mode).DeleteNetwork(context.WithoutCancel(ctx), spec.ID); e != nil {
 					err = errors.Join(err, fmt.Errorf("rollback on %q: %w", c, e))
 				}
 			}
@@ -169,7 +199,7 @@ func (f *Fabric) Ensure(ctx context.Context, spec *Spec) (_ []*driver.Status, er
 				peers = append(peers, peerOf(other, servers[other].underlay, statuses[j], spec))
 			}
 		}
-		if err := servers[name].d.SetPeers(ctx, spec.ID, peers); err != nil {
+		if err := servers[name].driver(spec.Mode).SetPeers(ctx, spec.ID, peers); err != nil {
 			return nil, fmt.Errorf("ensure network %q: peers of server %q: %w", spec.ID, name, err)
 		}
 		statuses[i].Peers = peers
@@ -247,12 +277,13 @@ func (f *Fabric) overlapping(spec *Spec) ([]preflight.Overlap, error) {
 
 // Preflight checks, before spec is ensured, that the underlay between the
 // Fabric's servers carries it (see package preflight): reachability, path
-// MTU and the mode's port for every ordered pair, measured by probers,
-// which must hold a preflight.Server for every server (an agent's is
-// agent.Client.Preflight); and whether spec's subnet overlaps another
-// network's or holds a server's underlay address. The report's Err says
-// whether anything stands in the way. Nothing is built.
-func (f *Fabric) Preflight(ctx context.Context, spec *Spec, probers map[string]preflight.Server) (*preflight.Report, error) {
+// MTU and the mode's port for every ordered pair, measured by the servers
+// themselves, so every Server must have a Preflight method that returns a
+// preflight.Server (an agent.Client does; a Local needs its Prober); and
+// whether spec's subnet overlaps another network's or holds a server's
+// underlay address. The report's Err says whether anything stands in the
+// way. Nothing is built.
+func (f *Fabric) Preflight(ctx context.Context, spec *Spec) (*preflight.Report, error) {
 	if spec == nil {
 		return nil, errcode.New(errcode.InvalidArgument, "preflight: nil spec")
 	}
@@ -262,9 +293,12 @@ func (f *Fabric) Preflight(ctx context.Context, spec *Spec, probers map[string]p
 	servers := f.snapshot()
 	var targets []preflight.Target
 	for _, name := range slices.Sorted(maps.Keys(servers)) {
-		p, ok := probers[name]
-		if !ok {
-			return nil, errcode.New(errcode.InvalidArgument, "preflight: no prober for server %q", name)
+		var p preflight.Server
+		if pf, ok := servers[name].s.(interface{ Preflight() preflight.Server }); ok {
+			p = pf.Preflight()
+		}
+		if p == nil {
+			return nil, errcode.New(errcode.FailedPrecondition, "preflight: server %q cannot run preflights", name)
 		}
 		targets = append(targets, preflight.Target{Name: name, Underlay: servers[name].underlay, Server: p})
 	}
@@ -299,18 +333,20 @@ func (f *Fabric) RemoveServer(ctx context.Context, name string) error {
 		return fmt.Errorf("remove server %q: %w", name, err)
 	}
 	var errs []error
+	var specs []*Spec
 	for _, id := range ids {
 		spec, err := f.load(id)
 		if err == nil {
+			specs = append(specs, spec)
 			_, err = f.Ensure(ctx, spec)
 		}
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for _, id := range ids {
-		if err := s.d.DeleteNetwork(ctx, id); err != nil && !errors.Is(err, errcode.NotFound) {
-			errs = append(errs, fmt.Errorf("deleting network %q on the removed server: %w", id, err))
+	for _, spec := range specs {
+		if err := s.driver(spec.Mode).DeleteNetwork(ctx, spec.ID); err != nil && !errors.Is(err, errcode.NotFound) {
+			errs = append(errs, fmt.Errorf("deleting network %q on the removed server: %w", spec.ID, err))
 		}
 	}
 	f.log.InfoContext(ctx, "server removed", "server", name, "networks", len(ids))
@@ -373,15 +409,37 @@ func peerOf(name string, underlay netip.Addr, st *driver.Status, spec *Spec) dri
 	return p
 }
 
+// Status returns network id's state on every server, sorted by server
+// name: addresses, MTU, peers and which of them are connected (see
+// driver.Status.Connected). errcode.NotFound if the Fabric does not know
+// the network or a server lacks it.
+func (f *Fabric) Status(ctx context.Context, id string) ([]*driver.Status, error) {
+	spec, err := f.load(id)
+	if err != nil {
+		return nil, fmt.Errorf("status of network %q: %w", id, err)
+	}
+	servers := f.snapshot()
+	var out []*driver.Status
+	for _, name := range slices.Sorted(maps.Keys(servers)) {
+		st, err := status(ctx, servers[name].driver(spec.Mode), id)
+		if err != nil {
+			return nil, fmt.Errorf("status of network %q on server %q: %w", id, name, err)
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
 // Delete removes the network from every server and forgets its addresses
 // and keys. errcode.NotFound if the Fabric does not know it.
 func (f *Fabric) Delete(ctx context.Context, id string) error {
-	if _, err := f.load(id); err != nil {
+	spec, err := f.load(id)
+	if err != nil {
 		return fmt.Errorf("delete network %q: %w", id, err)
 	}
 	var errs []error
 	for name, s := range f.snapshot() {
-		if err := s.d.DeleteNetwork(ctx, id); err != nil && !errors.Is(err, errcode.NotFound) {
+		if err := s.driver(spec.Mode).DeleteNetwork(ctx, id); err != nil && !errors.Is(err, errcode.NotFound) {
 			errs = append(errs, fmt.Errorf("server %q: %w", name, err))
 		}
 	}
@@ -417,7 +475,7 @@ func (f *Fabric) Attach(ctx context.Context, id, server, ctr string) (container.
 	if !ok {
 		return container.Network{}, errcode.New(errcode.NotFound, "attach %q to network %q: no server %q", ctr, id, server)
 	}
-	st, err := status(ctx, srv.d, id)
+	st, err := status(ctx, srv.driver(spec.Mode), id)
 	if err != nil {
 		return container.Network{}, fmt.Errorf("attach %q to network %q on %q: %w", ctr, id, server, err)
 	}

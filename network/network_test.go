@@ -27,7 +27,7 @@ func newFabric(t *testing.T) (*network.Fabric, map[string]driver.Driver) {
 	for i := range 3 {
 		name := fmt.Sprint("s", i)
 		drivers[name] = memnetwork.New(nil)
-		if err := f.AddServer(name, drivers[name], netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)})); err != nil {
+		if err := f.AddServer(name, network.Local{Driver: drivers[name]}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)})); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -99,7 +99,7 @@ func TestEnsureWireGuardRangesAndKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		f.AddServer(fmt.Sprint("s", i), memnetwork.New(nil), netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
+		f.AddServer(fmt.Sprint("s", i), network.Local{Driver: memnetwork.New(nil)}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
 	}
 	spec := &network.Spec{ID: "green", Mode: driver.WireGuard, Subnet: netip.MustParsePrefix("198.19.0.0/16")}
 	sts, err := f.Ensure(ctx, spec)
@@ -137,7 +137,7 @@ func TestEnsureWireGuardRangesAndKeys(t *testing.T) {
 	// A new Fabric on the same directory keeps keys, ranges and leases.
 	f2, _ := network.Open(dir, nil)
 	for i := range 3 {
-		f2.AddServer(fmt.Sprint("s", i), memnetwork.New(nil), netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
+		f2.AddServer(fmt.Sprint("s", i), network.Local{Driver: memnetwork.New(nil)}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
 	}
 	sts2, err := f2.Ensure(ctx, spec)
 	if err != nil {
@@ -163,7 +163,7 @@ func (failing) EnsureNetwork(context.Context, *driver.Spec) (*driver.Status, err
 func TestEnsureRollsBack(t *testing.T) {
 	ctx := context.Background()
 	f, drivers := newFabric(t)
-	if err := f.AddServer("s9", failing{memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.9")); err != nil {
+	if err := f.AddServer("s9", network.Local{Driver: failing{memnetwork.New(nil)}}, netip.MustParseAddr("198.18.0.9")); err != nil {
 		t.Fatal(err)
 	}
 	_, err := f.Ensure(ctx, &network.Spec{ID: "blue", Mode: driver.VXLAN, Subnet: netip.MustParsePrefix("198.19.0.0/24"), VNI: 42})
@@ -218,10 +218,10 @@ func TestDeleteAndRejects(t *testing.T) {
 	if _, err := f.Ensure(ctx, &network.Spec{ID: "x", Mode: driver.VXLAN, Subnet: netip.MustParsePrefix("198.19.9.0/24"), VNI: 9}); err != nil {
 		t.Fatalf("building a network whose earlier attempts were rejected: %v", err)
 	}
-	if err := f.AddServer("s0", memnetwork.New(nil), netip.MustParseAddr("198.18.0.50")); !errors.Is(err, errcode.AlreadyExists) {
+	if err := f.AddServer("s0", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.50")); !errors.Is(err, errcode.AlreadyExists) {
 		t.Fatalf("duplicate server: %v", err)
 	}
-	if err := f.AddServer("s5", memnetwork.New(nil), netip.MustParseAddr("198.18.0.1")); !errors.Is(err, errcode.AlreadyExists) {
+	if err := f.AddServer("s5", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.1")); !errors.Is(err, errcode.AlreadyExists) {
 		t.Fatalf("duplicate underlay: %v", err)
 	}
 }
@@ -261,8 +261,14 @@ func TestRemoveServer(t *testing.T) {
 	if err := f.RemoveServer(ctx, "s1"); !errors.Is(err, errcode.NotFound) {
 		t.Fatalf("removing it again: %v", err)
 	}
+	if sts, err := f.Status(ctx, "red"); err != nil || len(sts) != 2 || sts[0].Spec.Underlay != netip.MustParseAddr("198.18.0.1") || len(sts[0].Peers) != 1 {
+		t.Fatalf("Status after the removal: %+v, %v", sts, err)
+	}
+	if _, err := f.Status(ctx, "green"); !errors.Is(err, errcode.NotFound) {
+		t.Fatalf("Status of an unknown network: %v", err)
+	}
 	// Coming back under the same name, it gets its range again.
-	if err := f.AddServer("s1", drivers["s1"], netip.AddrFrom4([4]byte{198, 18, 0, 2})); err != nil {
+	if err := f.AddServer("s1", network.Local{Driver: drivers["s1"]}, netip.AddrFrom4([4]byte{198, 18, 0, 2})); err != nil {
 		t.Fatal(err)
 	}
 	sts, err := f.Ensure(ctx, specs[1])
@@ -280,19 +286,17 @@ func TestPreflight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	probers := map[string]preflight.Server{}
 	for i := range 2 {
 		name := fmt.Sprint("s", i)
-		if err := f.AddServer(name, memnetwork.New(nil), netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)})); err != nil {
+		if err := f.AddServer(name, network.Local{Driver: memnetwork.New(nil), Prober: preflight.NewLocal(nil)}, netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)})); err != nil {
 			t.Fatal(err)
 		}
-		probers[name] = preflight.NewLocal(nil)
 	}
 	if _, err := f.Ensure(ctx, &network.Spec{ID: "blue", Mode: driver.VXLAN, Subnet: netip.MustParsePrefix("198.19.0.0/24"), VNI: 42}); err != nil {
 		t.Fatal(err)
 	}
 	spec := &network.Spec{ID: "red", Mode: driver.BGP, Port: 17900, Subnet: netip.MustParsePrefix("198.19.0.0/16"), ASN: 64512}
-	r, err := f.Preflight(ctx, spec, probers)
+	r, err := f.Preflight(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,14 +307,16 @@ func TestPreflight(t *testing.T) {
 		t.Fatalf("overlaps %+v, Err %v", r.Overlaps, r.Err())
 	}
 	spec.Subnet = netip.MustParsePrefix("127.0.0.0/30")
-	if r, err = f.Preflight(ctx, spec, probers); err != nil || len(r.Overlaps) != 2 || r.Overlaps[0].With != "underlay of server s0 127.0.0.1" {
+	if r, err = f.Preflight(ctx, spec); err != nil || len(r.Overlaps) != 2 || r.Overlaps[0].With != "underlay of server s0 127.0.0.1" {
 		t.Fatalf("a subnet holding the underlays: %+v, %v", r, err)
 	}
 	if _, err := f.Ensure(ctx, spec); !errors.Is(err, errcode.InvalidArgument) {
 		t.Fatalf("Ensure of a subnet holding the underlays: %v", err)
 	}
-	delete(probers, "s1")
-	if _, err := f.Preflight(ctx, spec, probers); !errors.Is(err, errcode.InvalidArgument) {
+	if err := f.AddServer("s2", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("127.0.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Preflight(ctx, spec); !errors.Is(err, errcode.FailedPrecondition) {
 		t.Fatalf("a server without a prober: %v", err)
 	}
 }

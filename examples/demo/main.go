@@ -87,8 +87,8 @@ func servers(ctx context.Context, agentBin string) (*env, func() error, error) {
 		fmt.Println("Running the same flow on three in-memory servers instead.")
 		cl := container.NewCluster(nil)
 		for i, name := range []string{"s0", "s1", "s2"} {
-			fabric.AddServer(name, memnetwork.New(nil), netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
-			d := memcontainer.New(&memcontainer.Options{Hostname: name, Bridges: []string{memnetwork.BridgeName(demoNetwork)}})
+			fabric.AddServer(name, network.Local{Driver: memnetwork.New(nil)}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
+			d := memcontainer.New(&memcontainer.Options{Hostname: name, Bridges: []string{memnetwork.BridgeName(demoNetwork), memnetwork.BridgeName(secureNetwork)}})
 			cl.Add(name, container.NewServer(d, nil))
 		}
 		return &env{containers: cl, networks: fabric}, func() error { return os.RemoveAll(netDir) }, nil
@@ -101,13 +101,13 @@ func servers(ctx context.Context, agentBin string) (*env, func() error, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := fleet.Start(ctx, 3, fleet.Options{AgentBinary: agentBin, AgentLog: agentLog})
+	f, err := fleet.Start(ctx, 3, fleet.Options{AgentBinary: agentBin, AgentLog: agentLog, Networks: []string{"vxlan", "wireguard"}})
 	if err != nil {
 		return nil, nil, err
 	}
 	for _, s := range f.Servers {
 		fmt.Printf("  %s  namespace %-14s agent https://%s (joined with a one-time token)\n", s.Name, s.Host.Netns, s.Addr)
-		if err := fabric.AddServer(s.Name, s.Client.Network(netdriver.VXLAN), s.Host.Addr); err != nil {
+		if err := fabric.AddServer(s.Name, s.Client, s.Host.Addr); err != nil {
 			return nil, nil, errors.Join(err, f.Close())
 		}
 	}
@@ -116,8 +116,12 @@ func servers(ctx context.Context, agentBin string) (*env, func() error, error) {
 	return &env{containers: f.Cluster, networks: fabric, real: true}, cleanup, nil
 }
 
-// demoNetwork is the VXLAN network the demo's containers share.
-const demoNetwork = "demo"
+// demoNetwork is the VXLAN network the demo's containers share;
+// secureNetwork the encrypted one (VXLAN over WireGuard).
+const (
+	demoNetwork   = "demo"
+	secureNetwork = "secure"
+)
 
 func flow(ctx context.Context, e *env) error {
 	cl := e.containers
@@ -145,8 +149,12 @@ func flow(ctx context.Context, e *env) error {
 		}
 	}
 
+	spec := &network.Spec{ID: demoNetwork, Mode: netdriver.VXLAN, Subnet: netip.MustParsePrefix("198.19.128.0/24"), VNI: 100}
+	if err := preflight(ctx, e, spec); err != nil {
+		return err
+	}
 	step("building a VXLAN network across the servers (unicast, no multicast)")
-	sts, err := e.networks.Ensure(ctx, &network.Spec{ID: demoNetwork, Mode: netdriver.VXLAN, Subnet: netip.MustParsePrefix("198.19.128.0/24"), VNI: 100})
+	sts, err := e.networks.Ensure(ctx, spec)
 	if err != nil {
 		return err
 	}
@@ -190,7 +198,7 @@ func flow(ctx context.Context, e *env) error {
 	if err := exec(ctx, s0, "web-1", "", "hostname"); err != nil {
 		return err
 	}
-	if err := talk(ctx, e, "web-1", "s0", "db", "s2"); err != nil {
+	if err := talk(ctx, e, demoNetwork, "web-1", "s0", "db", "s2"); err != nil {
 		return err
 	}
 	if err := table(ctx, cl); err != nil {
@@ -213,23 +221,94 @@ func flow(ctx context.Context, e *env) error {
 	if err := exec(ctx, s1, "web-1", "", "cat", "/root/state"); err != nil {
 		return err
 	}
-	if err := talk(ctx, e, "web-1", "s1", "db", "s2"); err != nil {
+	if err := talk(ctx, e, demoNetwork, "web-1", "s1", "db", "s2"); err != nil {
 		return err
 	}
-	return table(ctx, cl)
+	if err := table(ctx, cl); err != nil {
+		return err
+	}
+	return secure(ctx, e)
 }
 
-// talk sends a line over TCP on the VXLAN network from container from to
+// preflight checks the underlay between every pair of servers for spec
+// and prints what it found.
+func preflight(ctx context.Context, e *env, spec *network.Spec) error {
+	step("preflight: probing the underlay between every pair of servers for " + string(spec.Mode))
+	if !e.real {
+		fmt.Println("  (in-memory servers have no underlay to probe)")
+		return nil
+	}
+	r, err := e.networks.Preflight(ctx, spec)
+	if err != nil {
+		return err
+	}
+	for _, p := range r.Pairs {
+		ports := ""
+		for _, pr := range p.Ports {
+			ports += fmt.Sprintf("  %s reachable %v", pr.Port, pr.Reachable)
+		}
+		fmt.Printf("  %s -> %s  rtt %-9v path MTU %d%s\n", p.From, p.To, p.RTT.Round(time.Microsecond), p.PathMTU, ports)
+	}
+	fmt.Printf("  overlaps: %d; the largest network MTU every path carries: %d\n", len(r.Overlaps), r.MTU)
+	return r.Err()
+}
+
+// secure builds an encrypted layer-2 network (VXLAN over WireGuard) and
+// has two new containers on different servers talk over it.
+func secure(ctx context.Context, e *env) error {
+	spec := &network.Spec{ID: secureNetwork, Mode: netdriver.VXLANOverWireGuard, Subnet: netip.MustParsePrefix("198.19.129.0/24"), VNI: 101}
+	if err := preflight(ctx, e, spec); err != nil {
+		return err
+	}
+	step("building an encrypted layer-2 network: VXLAN inside WireGuard tunnels")
+	sts, err := e.networks.Ensure(ctx, spec)
+	if err != nil {
+		return err
+	}
+	for _, st := range sts {
+		fmt.Printf("  %-12s bridge %s  %v  MTU %d  WireGuard key %s...\n", st.Spec.Underlay, st.Bridge, st.Spec.Local, st.MTU, st.PublicKey[:12])
+	}
+	for _, p := range []struct{ name, server string }{{"vault", "s0"}, {"api", "s2"}} {
+		srv, err := e.containers.Server(p.server)
+		if err != nil {
+			return err
+		}
+		n, err := e.networks.Attach(ctx, secureNetwork, p.server, p.name)
+		if err != nil {
+			return err
+		}
+		if _, err := srv.Create(ctx, &container.Spec{Name: p.name, Image: "base", Networks: []container.Network{n}}); err != nil {
+			return err
+		}
+		if err := srv.Start(ctx, p.name); err != nil {
+			return err
+		}
+		fmt.Printf("  %-6s on %s  %v\n", p.name, p.server, n.Address)
+	}
+	if err := talk(ctx, e, secureNetwork, "api", "s2", "vault", "s0"); err != nil {
+		return err
+	}
+	sts, err = e.networks.Status(ctx, secureNetwork)
+	if err != nil {
+		return err
+	}
+	for _, st := range sts {
+		fmt.Printf("  %-12s WireGuard handshakes with %v\n", st.Spec.Underlay, st.Connected)
+	}
+	return nil
+}
+
+// talk sends a line over TCP on network id from container from to
 // container to, on other servers, with busybox nc.
-func talk(ctx context.Context, e *env, from, fromServer, to, toServer string) error {
-	step(fmt.Sprintf("TCP over the VXLAN network: %s on %s -> %s on %s", from, fromServer, to, toServer))
+func talk(ctx context.Context, e *env, id, from, fromServer, to, toServer string) error {
+	step(fmt.Sprintf("TCP over network %q: %s on %s -> %s on %s", id, from, fromServer, to, toServer))
 	if !e.real {
 		fmt.Println("  (in-memory servers carry no packets)")
 		return nil
 	}
 	src, _ := e.containers.Server(fromServer)
 	dst, _ := e.containers.Server(toServer)
-	n, err := e.networks.Attach(ctx, demoNetwork, toServer, to)
+	n, err := e.networks.Attach(ctx, id, toServer, to)
 	if err != nil {
 		return err
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/musterkit/muster/internal/fleet"
 	"github.com/musterkit/muster/network"
 	netdriver "github.com/musterkit/muster/network/driver"
-	"github.com/musterkit/muster/network/preflight"
 )
 
 // TestContainersTalkAcrossServers builds a network of each mode across
@@ -48,14 +47,12 @@ func talkAcross(t *testing.T, driverName string, spec *network.Spec) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	probers := map[string]preflight.Server{}
 	for _, s := range f.Servers {
-		if err := fab.AddServer(s.Name, s.Client.Network(spec.Mode), s.Host.Addr); err != nil {
+		if err := fab.AddServer(s.Name, s.Client, s.Host.Addr); err != nil {
 			t.Fatal(err)
 		}
-		probers[s.Name] = s.Client.Preflight()
 	}
-	report, err := fab.Preflight(ctx, spec, probers)
+	report, err := fab.Preflight(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}

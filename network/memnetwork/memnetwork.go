@@ -23,16 +23,8 @@ import (
 	"github.com/musterkit/muster/network/driver"
 )
 
-// overhead is the bytes each mode's encapsulation adds to a packet over an
-// IPv4 underlay: VXLAN 50 (outer IPv4, UDP, VXLAN and inner Ethernet
-// headers), WireGuard 80 (as wg-quick counts it, enough for IPv6 too), and
-// VXLAN inside WireGuard both. It lists the modes the driver supports.
-var overhead = map[driver.Mode]int{
-	driver.VXLAN:              50,
-	driver.WireGuard:          80,
-	driver.VXLANOverWireGuard: 130,
-	driver.BGP:                0,
-}
+// modes are the modes the driver supports.
+var modes = []driver.Mode{driver.BGP, driver.VXLAN, driver.VXLANOverWireGuard, driver.WireGuard}
 
 // Options configure a Driver. The zero value is usable.
 type Options struct {
@@ -61,18 +53,15 @@ func New(opts *Options) *Driver {
 }
 
 // EnsureNetwork implements driver.Driver. The network's MTU is spec.MTU, or
-// if that is 0 the underlay's MTU minus the mode's overhead (20 more for
-// VXLAN over an IPv6 underlay); a spec.MTU above that bound, or a bound
+// if that is 0 the underlay's MTU minus the mode's overhead as the real
+// drivers count it (driver.Overhead); a spec.MTU above that bound, or a bound
 // below 576, is errcode.FailedPrecondition. So is a spec whose Local or
 // Underlay would clash with the network's peers in place.
 func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.Status, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	limit := d.underlayMTU - overhead[spec.Mode]
-	if spec.Mode == driver.VXLAN && spec.Underlay.Is6() {
-		limit -= 20
-	}
+	limit := d.underlayMTU - driver.Overhead(spec.Mode, spec.Underlay.Is6())
 	mtu := spec.MTU
 	if mtu == 0 {
 		mtu = limit
@@ -147,7 +136,7 @@ func (d *Driver) Networks(ctx context.Context) ([]*driver.Status, error) {
 // Capabilities implements driver.Driver: every mode. No traffic crosses
 // servers, so none is Encrypted.
 func (d *Driver) Capabilities() driver.Capabilities {
-	return driver.Capabilities{Modes: slices.Sorted(maps.Keys(overhead))}
+	return driver.Capabilities{Modes: slices.Clone(modes)}
 }
 
 // Close implements driver.Driver. It does nothing: like a real server's,
