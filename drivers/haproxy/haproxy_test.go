@@ -1,7 +1,6 @@
 package haproxy_test
 
 import (
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -33,21 +32,11 @@ func open(t *testing.T) *haproxy.Driver {
 	return d
 }
 
-// freePort returns a loopback port nothing listens on now.
-func freePort(t *testing.T) (string, uint16) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return "127.0.0.1", uint16(l.Addr().(*net.TCPAddr).Port)
-}
-
 func TestConformance(t *testing.T) {
 	roottest.Require(t, roottest.BinaryFrom("haproxy", "haproxy"))
 	drivertest.RunConformanceTests(t, drivertest.Harness{
 		Open:        func(t *testing.T) driver.Driver { return open(t) },
-		Bind:        freePort,
+		Bind:        drivertest.LoopbackBind,
 		BadSnippets: map[string]string{"global": "no-such-directive on"},
 	})
 }

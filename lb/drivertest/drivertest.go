@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,17 @@ type Harness struct {
 	// BadSnippets, for drivers with Capabilities.RawSnippets, are raw
 	// snippets that pass Config.Validate but that the backend rejects.
 	BadSnippets map[string]string
+}
+
+// LoopbackBind is a Harness.Bind for real drivers: 127.0.0.1 and a port
+// nothing listened on a moment ago.
+func LoopbackBind(t *testing.T) (string, uint16) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return "127.0.0.1", uint16(l.Addr().(*net.TCPAddr).Port)
 }
 
 // Reloader is implemented by drivers that count how often they changed the

@@ -1,0 +1,39 @@
+package nginx_test
+
+import (
+	"testing"
+
+	"github.com/musterkit/muster/drivers/nginx"
+	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/lb/driver"
+	"github.com/musterkit/muster/lb/drivertest"
+)
+
+func open(t *testing.T) *nginx.Driver {
+	t.Helper()
+	d, err := nginx.Open(t.Context(), t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+var badSnippets = map[string]string{"http": "no_such_directive on;"}
+
+func TestConformance(t *testing.T) {
+	roottest.Require(t, roottest.BinaryFrom("nginx", "nginx-light"))
+	drivertest.RunConformanceTests(t, drivertest.Harness{
+		Open:        func(t *testing.T) driver.Driver { return open(t) },
+		Bind:        drivertest.LoopbackBind,
+		BadSnippets: badSnippets,
+	})
+}
+
+func TestTraffic(t *testing.T) {
+	roottest.Require(t, roottest.BinaryFrom("nginx", "nginx-light"))
+	drivertest.RunTrafficTests(t, drivertest.TrafficHarness{
+		Open:        func(t *testing.T) driver.Driver { return open(t) },
+		BadSnippets: badSnippets,
+	})
+}
