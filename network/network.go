@@ -1,12 +1,15 @@
 // Package network joins containers on different servers into one network,
 // by whichever technology fits the cluster: a stretched layer-2 network over
-// VXLAN, or routed layer-3 networks over WireGuard or BGP.
+// VXLAN (in the clear, or inside WireGuard tunnels), or routed layer-3
+// networks over WireGuard or BGP.
 //
-// A Fabric holds one network driver per server (drivers/vxlan and friends on
-// a server, through its agent, or memnetwork in tests). Ensure builds a
-// network on every server and declares each server's peers; Attach leases a
-// container an address and returns the container.Network to put in its
-// spec. Addresses come from package ipam: one range per server in the
+// A Fabric holds a Server per server: its network drivers by mode
+// (drivers/vxlan and friends on the server, through its agent.Client, or a
+// Local driver such as memnetwork in tests). Preflight checks the underlay
+// before anything is built; Ensure builds a network on every server and
+// declares each server's peers; Attach leases a container an address and
+// returns the container.Network to put in its spec; Status says which
+// peers are connected; RemoveServer takes a server out of every network. Addresses come from package ipam: one range per server in the
 // layer-3 modes, leases that survive restarts and are never handed out
 // twice. WireGuard keys are made here and kept in the Fabric's directory.
 package network
