@@ -636,9 +636,30 @@ func (d *Driver) stop() {
 	select {
 	case <-p.done:
 	case <-time.After(5 * time.Second):
+		workers, _ := d.workerPids()
 		p.cmd.Process.Kill()
+		for _, w := range workers {
+			syscall.Kill(w, syscall.SIGKILL)
+		}
 		<-p.done
 	}
+}
+
+// workerPids returns the pids of the current and old workers.
+func (d *Driver) workerPids() ([]int, error) {
+	out, err := d.master("show proc")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for l := range strings.SplitSeq(out, "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[1] == "worker" {
+			if pid, err := strconv.Atoi(f[0]); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids, nil
 }
 
 // Close implements driver.Driver: it stops HAProxy. The directory stays.

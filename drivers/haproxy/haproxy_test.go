@@ -24,11 +24,17 @@ func shortDir(t *testing.T) string {
 
 func open(t *testing.T) *haproxy.Driver {
 	t.Helper()
-	d, err := haproxy.Open(t.Context(), filepath.Join(shortDir(t), "lb"), nil)
+	d := mustOpen(t, filepath.Join(shortDir(t), "lb"))
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func mustOpen(t testing.TB, dir string) *haproxy.Driver {
+	t.Helper()
+	d, err := haproxy.Open(t.Context(), dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
 	return d
 }
 

@@ -339,6 +339,25 @@ func testServerOperations(t *testing.T, s *suite) {
 	if m := s.reloads(); m != n {
 		t.Fatalf("applying the config the operations produced reloaded the balancer")
 	}
+
+	// With a runtime API, operations on a round-robin pool of IP
+	// addresses take effect without a reload.
+	if s.d.Capabilities().RuntimeAPI && n >= 0 {
+		for _, op := range []func() error{
+			func() error { return d.AddServer(c, "web", added) },
+			func() error { return d.SetWeight(c, "web", "d", 4) },
+			func() error { return d.SetState(c, "web", "d", driver.Drain) },
+			func() error { return d.SetState(c, "web", "d", driver.Ready) },
+			func() error { return d.RemoveServer(c, "web", "d") },
+		} {
+			if err := op(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if m := s.reloads(); m != n {
+			t.Fatalf("server operations reloaded a balancer with a runtime API %d times", m-n)
+		}
+	}
 }
 
 // WaitStats polls d.Stats until ok accepts them or the timeout passes, and
