@@ -44,6 +44,7 @@ import (
 	"github.com/musterkit/muster/errcode"
 	netdriver "github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/memnetwork"
+	"github.com/musterkit/muster/network/restore"
 )
 
 func main() {
@@ -95,7 +96,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 				return err
 			}
 			defer d.Close()
-			nets, err := openNetworks(ctx, networks, log)
+			nets, err := openNetworks(ctx, networks, filepath.Join(dir, "networks"), log)
 			if err != nil {
 				return err
 			}
@@ -172,8 +173,11 @@ func openDriver(ctx context.Context, name, dir, hostname string, log *slog.Logge
 }
 
 // openNetworks opens the network drivers named, in this process's network
-// namespace: the server's.
-func openNetworks(ctx context.Context, names []string, log *slog.Logger) (map[netdriver.Mode]netdriver.Driver, error) {
+// namespace (the server's), each keeping what it applies under
+// stateDir/<name> (package network/restore), and restores what an earlier
+// run applied: networks whose state lives in this process (userspace
+// WireGuard, BGP speakers) carry traffic again without the orchestrator.
+func openNetworks(ctx context.Context, names []string, stateDir string, log *slog.Logger) (map[netdriver.Mode]netdriver.Driver, error) {
 	nets := map[netdriver.Mode]netdriver.Driver{}
 	for _, name := range names {
 		var d netdriver.Driver
@@ -201,8 +205,19 @@ func openNetworks(ctx context.Context, names []string, log *slog.Logger) (map[ne
 		default:
 			return nil, fmt.Errorf("unknown network driver %q: want vxlan, wireguard, bgp or memory", name)
 		}
+		kept, err := restore.Wrap(d, filepath.Join(stateDir, name), log)
+		if err != nil {
+			return nil, err
+		}
+		ids, err := kept.Restore(ctx)
+		if err != nil {
+			log.Error("restoring networks", "driver", name, "err", err)
+		}
+		if len(ids) > 0 {
+			log.Info("networks restored", "driver", name, "networks", ids)
+		}
 		for _, mode := range d.Capabilities().Modes {
-			nets[mode] = d
+			nets[mode] = kept
 		}
 	}
 	return nets, nil
