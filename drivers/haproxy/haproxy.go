@@ -73,6 +73,12 @@ type Options struct {
 	Command func(name string, args ...string) *exec.Cmd
 	// ReloadTimeout bounds a start or reload; 0 means 15s.
 	ReloadTimeout time.Duration
+	// Listen opens a listener where the master runs (in its network
+	// namespace, with Command); nil means net.Listen. The driver uses it
+	// to check that new frontends can bind before it reloads: HAProxy
+	// pauses the old worker's listeners while a reload tries to bind, so
+	// a reload that fails to bind would refuse connections meanwhile.
+	Listen func(network, addr string) (net.Listener, error)
 }
 
 // Driver runs one HAProxy instance. It is safe for concurrent use.
@@ -82,6 +88,7 @@ type Driver struct {
 	log  *slog.Logger
 	cmd  func(string, ...string) *exec.Cmd
 	wait time.Duration
+	lis  func(string, string) (net.Listener, error)
 
 	mu      sync.Mutex
 	cfg     *driver.Config // in force, normalized
@@ -122,6 +129,9 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	}
 	if d.wait == 0 {
 		d.wait = 15 * time.Second
+	}
+	if d.lis = opts.Listen; d.lis == nil {
+		d.lis = net.Listen
 	}
 	if _, err := os.Stat(d.bin); err != nil {
 		return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("haproxy binary (Debian package haproxy): %w", err))
@@ -212,6 +222,9 @@ func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func()
 	if err := d.check(ctx, r.Config); err != nil {
 		return err
 	}
+	if err := d.checkBinds(cfg); err != nil {
+		return err
+	}
 	old := d.text
 	if err := renameio.WriteFile(filepath.Join(d.dir, ConfigFile), []byte(r.Config), 0o600); err != nil {
 		return err
@@ -241,6 +254,30 @@ func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func()
 	d.cfg, d.text = cfg, r.Config
 	d.gcCerts(r)
 	return d.reconcile(ctx, cfg)
+}
+
+// checkBinds tries to bind every frontend address cfg adds to the running
+// configuration (HAProxy binds with SO_REUSEPORT, so addresses in use by
+// this instance need no check). errcode.FailedPrecondition if one cannot.
+func (d *Driver) checkBinds(cfg *driver.Config) error {
+	running := map[string]bool{}
+	if d.running() {
+		for _, f := range d.cfg.Frontends {
+			running[hostPort(f.Address, f.Port)] = true
+		}
+	}
+	for _, f := range cfg.Frontends {
+		a := hostPort(f.Address, f.Port)
+		if running[a] {
+			continue
+		}
+		l, err := d.lis("tcp", a)
+		if err != nil {
+			return errcode.New(errcode.FailedPrecondition, "frontend %q cannot bind %s: %v", f.Name, a, err)
+		}
+		l.Close()
+	}
+	return nil
 }
 
 // check runs haproxy -c on a candidate file. A rejection is
@@ -326,11 +363,24 @@ func (d *Driver) reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	logPath := filepath.Join(d.dir, "haproxy.log")
+	var offset int64
+	if fi, err := os.Stat(logPath); err == nil {
+		offset = fi.Size()
+	}
 	if _, err := d.master("reload"); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
 	deadline := time.Now().Add(d.wait)
 	for {
+		// The master logs "Loading failure!" when the new configuration
+		// cannot start (a bind haproxy -c does not try, say); the old
+		// worker then resumes serving.
+		if b, err := os.ReadFile(logPath); err == nil && int64(len(b)) > offset {
+			if msg := b[offset:]; bytes.Contains(msg, []byte("Loading failure!")) {
+				return errcode.New(errcode.FailedPrecondition, "haproxy could not load the new configuration; the old one keeps serving: %s", bytes.TrimSpace(msg))
+			}
+		}
 		pid, err := d.workerPid()
 		if err == nil && pid != 0 && pid != before {
 			if err := d.waitStats(ctx, pid, deadline); err != nil {

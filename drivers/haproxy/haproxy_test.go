@@ -1,11 +1,21 @@
 package haproxy_test
 
 import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/musterkit/muster/drivers/haproxy"
+	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/drivertest"
@@ -54,4 +64,63 @@ func TestTraffic(t *testing.T) {
 		ZeroLossReloads: true,
 		BadSnippets:     map[string]string{"global": "no-such-directive on"},
 	})
+}
+
+// TestReloadFailureDetected makes a reload fail after every check passed
+// (the bind pre-check is told all binds work) and checks that the driver
+// reports it, keeps the old configuration and recovers.
+func TestReloadFailureDetected(t *testing.T) {
+	roottest.Require(t, roottest.BinaryFrom("haproxy", "haproxy"))
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer backend.Close()
+	bport, _ := strconv.Atoi(backend.URL[strings.LastIndex(backend.URL, ":")+1:])
+	d, err := haproxy.Open(t.Context(), filepath.Join(shortDir(t), "lb"), &haproxy.Options{
+		Listen: func(string, string) (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	addr, port := drivertest.LoopbackBind(t)
+	cfg := &driver.Config{
+		Pools:     []driver.Pool{{Name: "web", Servers: []driver.Server{{Name: "a", Address: "127.0.0.1", Port: uint16(bport)}}}},
+		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: addr, Port: port, DefaultPool: "web"}},
+	}
+	if err := d.Apply(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://%s:%d/", addr, port)
+	bad := cfg.Normalized()
+	bad.Frontends = append(bad.Frontends, driver.Frontend{Name: "nowhere", Protocol: driver.HTTP, Address: "192.0.2.1", Port: port, DefaultPool: "web"})
+	start := time.Now()
+	err = d.Apply(t.Context(), bad)
+	t.Logf("failed reload reported in %v: %v", time.Since(start).Round(time.Millisecond), err)
+	if !errors.Is(err, errcode.FailedPrecondition) {
+		t.Fatalf("Apply = %v, want FailedPrecondition", err)
+	}
+	if now, _ := d.Config(t.Context()); !driver.Equal(now, cfg) {
+		t.Fatal("Config changed")
+	}
+	// The old worker resumes; the next good change reloads.
+	waitOK := func() {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			resp, err := http.Get(url)
+			if err == nil {
+				resp.Body.Close()
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the balancer does not serve: %v", err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitOK()
+	cfg.Pools[0].Servers[0].Weight = 3
+	if err := d.Apply(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	waitOK()
 }

@@ -186,6 +186,7 @@ func RunTrafficTests(t *testing.T, h TrafficHarness) {
 		{"ReloadUnderLoad", testReloadUnderLoad},
 		{"ServerOperations", testRuntimeServers},
 		{"RejectedConfigKeepsServing", testRejectedKeepsServing},
+		{"FailedBindKeepsServing", testFailedBindKeepsServing},
 	} {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, &trafficSuite{h: h, lab: lab, d: h.Open(t)}) })
 	}
@@ -640,5 +641,43 @@ func testRejectedKeepsServing(t *testing.T, s *trafficSuite) {
 	now, _ := s.d.Config(t.Context())
 	if !driver.Equal(now, cfg) {
 		t.Fatal("Config changed after a rejected Apply")
+	}
+}
+
+// testFailedBindKeepsServing applies a config that passes validation and
+// the backend's own check (for HAProxy) but cannot start: a frontend on an
+// address this machine does not have (TEST-NET-1; nothing is sent there).
+func testFailedBindKeepsServing(t *testing.T, s *trafficSuite) {
+	url, _, cfg := s.setup(t, driver.Pool{}, 0, 0, 0)
+	c := s.lab.Client(s.lab.Sources[0], false, nil)
+	l := startLoad([]*http.Client{c}, url, 5*time.Millisecond)
+	bad := cfg.Normalized()
+	bad.Frontends = append(bad.Frontends, driver.Frontend{Name: "nowhere", Protocol: driver.HTTP, Address: "192.0.2.1", Port: s.lab.Port(), DefaultPool: "pool"})
+	start := time.Now()
+	err := s.d.Apply(t.Context(), bad)
+	took := time.Since(start)
+	time.Sleep(300 * time.Millisecond)
+	l.end()
+	t.Logf("Apply with an unbindable address failed in %v: %v", took.Round(time.Millisecond), err)
+	if err == nil {
+		t.Fatal("Apply with a frontend on an address the machine lacks succeeded")
+	}
+	if took > 5*time.Second {
+		t.Fatalf("the failure took %v to detect", took)
+	}
+	ok, fail, _ := l.snapshot()
+	if fail != 0 || ok == 0 {
+		t.Fatalf("while the config failed: %d ok, %d failed %v", ok, fail, l.errs)
+	}
+	if now, _ := s.d.Config(t.Context()); !driver.Equal(now, cfg) {
+		t.Fatal("Config changed after a failed Apply")
+	}
+	// The next good change works.
+	cfg.Pools[0].Servers[0].Weight = 2
+	if err := s.d.Apply(t.Context(), cfg); err != nil {
+		t.Fatalf("Apply after the failure: %v", err)
+	}
+	if got := count(t, c, url, 40); got["h0"] != 20 {
+		t.Fatalf("after the recovery, weights 2:1:1 over 40 requests: %v", got)
 	}
 }
