@@ -21,7 +21,10 @@
 // a server still holding connections when removed) the driver reloads
 // instead. Drained servers are written as disabled and set to drain through
 // the runtime API after each start or reload, since HAProxy's configuration
-// has no drain keyword. Stats come from "show stat".
+// has no drain keyword. Before each reload the servers' states are saved
+// ("show servers state") and the new worker loads them
+// (load-server-state-from-file), so a server its health check took out
+// stays out across reloads. Stats come from "show stat".
 //
 // Requirements: the Debian package haproxy (2.6, /usr/sbin/haproxy).
 // Binding ports below 1024 needs CAP_NET_BIND_SERVICE (root); otherwise any
@@ -368,6 +371,9 @@ func (d *Driver) reload(ctx context.Context) error {
 	if fi, err := os.Stat(logPath); err == nil {
 		offset = fi.Size()
 	}
+	if err := d.saveServerState(); err != nil {
+		d.log.WarnContext(ctx, "haproxy server state not saved; health restarts from scratch", "dir", d.dir, "err", err)
+	}
 	if _, err := d.master("reload"); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
@@ -496,17 +502,34 @@ func stateWord(st driver.AdminState) string {
 	return "ready"
 }
 
-// reconcile puts drained servers into drain, which the file cannot say.
+// reconcile sets every server's administrative state as the model says,
+// in one runtime command line: the file cannot say drain, and the server
+// state file restored across a reload may hold a state the model changed.
 func (d *Driver) reconcile(ctx context.Context, cfg *driver.Config) error {
-	var cmds [][2]string
+	var cmds []string
 	for _, p := range cfg.Pools {
 		for _, s := range p.Servers {
-			if s.State == driver.Drain {
-				cmds = append(cmds, [2]string{fmt.Sprintf("set server %s/%s state drain", backendName(p.Name), s.Name), ""})
-			}
+			cmds = append(cmds, fmt.Sprintf("set server %s/%s state %s", backendName(p.Name), s.Name, stateWord(s.State)))
 		}
 	}
-	return d.runtimeCmds(cmds...)
+	for len(cmds) > 0 {
+		n := min(len(cmds), 50)
+		if err := d.runtimeCmds([2]string{strings.Join(cmds[:n], ";"), ""}); err != nil {
+			return err
+		}
+		cmds = cmds[n:]
+	}
+	return nil
+}
+
+// saveServerState dumps the running servers' states (health, weights,
+// admin states) for the next worker to load (load-server-state-from-file).
+func (d *Driver) saveServerState() error {
+	out, err := d.runtime("show servers state")
+	if err != nil {
+		return err
+	}
+	return renameio.WriteFile(filepath.Join(d.dir, ServerStateFile), []byte(out), 0o600)
 }
 
 // Config implements driver.Driver.

@@ -28,6 +28,8 @@ const (
 	MasterSocket = "master.sock"
 	StatsSocket  = "stats.sock"
 	CertDir      = "certs"
+	// ServerStateFile holds the servers' states across reloads.
+	ServerStateFile = "server-state"
 )
 
 // backendName and frontendName map model names to HAProxy proxy names.
@@ -77,6 +79,7 @@ func Render(cfg *driver.Config, dir string) (*Rendered, error) {
 	line(true, "stats timeout 30s")
 	line(true, "hard-stop-after 30s")
 	line(true, "tune.ssl.default-dh-param 2048")
+	line(true, "server-state-file %s", filepath.Join(dir, ServerStateFile))
 	snippet("global")
 	line(false, "")
 	line(false, "defaults")
@@ -89,6 +92,7 @@ func Render(cfg *driver.Config, dir string) (*Rendered, error) {
 	line(true, "retries 3")
 	line(true, "option redispatch 1")
 	line(true, "default-server init-addr last,libc,none")
+	line(true, "load-server-state-from-file global")
 	snippet("defaults")
 
 	for _, f := range c.Frontends {

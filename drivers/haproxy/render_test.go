@@ -101,6 +101,7 @@ var grammar = func() []*regexp.Regexp {
 		`    stats timeout 30s`, `    hard-stop-after 30s`, `    tune\.ssl\.default-dh-param 2048`,
 		`    mode (tcp|http)`, `    timeout (connect|client|server|http-request|http-keep-alive) [0-9]+s`,
 		`    retries 3`, `    option redispatch 1`, `    default-server init-addr last,libc,none`,
+		`    server-state-file ` + file, `    load-server-state-from-file global`,
 		`    bind ` + addr + `( ssl crt-list ` + file + `)?`,
 		`    option forwardfor`,
 		`    acl r[0-9]+_host req\.hdr\(host\),field\(1,:\),lower -m str ` + host,

@@ -386,7 +386,7 @@ func waitFor(timeout time.Duration, cond func() bool) (time.Duration, bool) {
 func testHealthCheck(t *testing.T, s *trafficSuite) {
 	const interval, rise, fall = 200 * time.Millisecond, 2, 3
 	hc := &driver.HealthCheck{Type: driver.HTTPCheck, Path: "/health", ExpectStatus: 200, Interval: interval, Rise: rise, Fall: fall}
-	url, bs, _ := s.setup(t, driver.Pool{HealthCheck: hc}, 0, 0, 0)
+	url, bs, cfg := s.setup(t, driver.Pool{HealthCheck: hc}, 0, 0, 0)
 	active := s.d.Capabilities().ActiveHealthChecks
 	if active {
 		st := WaitStats(t, s.d, 5*time.Second, func(st []driver.ServerStats) bool { return Find(st, "pool", "h1").State == driver.Up })
@@ -409,6 +409,15 @@ func testHealthCheck(t *testing.T, s *trafficSuite) {
 		t.Logf("active check: h1 down %v after its listener closed (fall %d x interval %v, bound %v)", took.Round(time.Millisecond), fall, interval, bound)
 		if !ok || took > bound {
 			t.Fatalf("h1 taken out after %v, want within %v", took, bound)
+		}
+		// A reload keeps what the check found.
+		cfg.Pools[0].Servers[0].Weight = 2
+		if err := s.d.Apply(context.Background(), cfg); err != nil {
+			t.Fatal(err)
+		}
+		st, _ := s.d.Stats(context.Background())
+		if x := Find(st, "pool", "h1"); x.State != driver.Down {
+			t.Fatalf("right after a reload the dead h1 is %s, want down", x.State)
 		}
 	} else {
 		time.Sleep(bound)
