@@ -72,7 +72,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Command builds the command that runs the long-lived master process,
 	// for example inside a network namespace; nil means exec.Command. It
-	// must run the program directly (its pid is the master's).
+	// must run the program directly (or exec it: the pid is the master's).
+	// The sockets are files in the instance directory, reachable from any
+	// namespace.
 	Command func(name string, args ...string) *exec.Cmd
 	// ReloadTimeout bounds a start or reload; 0 means 15s.
 	ReloadTimeout time.Duration

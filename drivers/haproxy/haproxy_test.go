@@ -1,6 +1,7 @@
 package haproxy_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +19,7 @@ import (
 	"github.com/musterkit/muster/drivers/haproxy"
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/drivertest"
 )
@@ -63,6 +66,17 @@ func TestTraffic(t *testing.T) {
 		Open:            func(t *testing.T) driver.Driver { return open(t) },
 		ZeroLossReloads: true,
 		BadSnippets:     map[string]string{"global": "no-such-directive on"},
+		OpenIn: func(t *testing.T, h *testhost.Host) driver.Driver {
+			d, err := haproxy.Open(t.Context(), filepath.Join(shortDir(t), "lb"), &haproxy.Options{
+				Command: func(name string, args ...string) *exec.Cmd { return h.Command(context.Background(), name, args...) },
+				Listen:  h.Listen,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { d.Close() })
+			return d
+		},
 	})
 }
 

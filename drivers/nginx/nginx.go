@@ -70,9 +70,10 @@ type Options struct {
 	Binary string
 	// Logger receives one record per start and reload; nil discards.
 	Logger *slog.Logger
-	// Command builds the command that runs the master process, for
-	// example inside a network namespace; nil means exec.Command. It must
-	// run the program directly (its pid is the master's).
+	// Command builds the commands that run the master process and
+	// nginx -t (which binds the listeners), for example inside a network
+	// namespace; nil means exec.Command. It must run the program directly
+	// (or exec it: the pid is the master's).
 	Command func(name string, args ...string) *exec.Cmd
 	// ReloadTimeout bounds a start or reload; 0 means 15s.
 	ReloadTimeout time.Duration
@@ -269,7 +270,8 @@ func (d *Driver) check(ctx context.Context, text string) error {
 		return err
 	}
 	defer os.Remove(cand)
-	out, err := exec.CommandContext(ctx, d.bin, append(d.args(cand), "-t", "-q")...).CombinedOutput()
+	// nginx -t binds the listeners: it runs where the master runs.
+	out, err := run(ctx, d.cmd(d.bin, append(d.args(cand), "-t", "-q")...))
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -277,6 +279,26 @@ func (d *Driver) check(ctx context.Context, text string) error {
 		return errcode.New(errcode.InvalidArgument, "nginx rejects the configuration: %v: %s", err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// run runs cmd to completion and returns its combined output; it kills the
+// command (by its pid) if ctx ends first.
+func run(ctx context.Context, cmd *exec.Cmd) ([]byte, error) {
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.Bytes(), err
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		<-done
+		return out.Bytes(), ctx.Err()
+	}
 }
 
 func (d *Driver) start(ctx context.Context) error {

@@ -1,10 +1,13 @@
 package nginx_test
 
 import (
+	"context"
+	"os/exec"
 	"testing"
 
 	"github.com/musterkit/muster/drivers/nginx"
 	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/drivertest"
 )
@@ -35,5 +38,15 @@ func TestTraffic(t *testing.T) {
 	drivertest.RunTrafficTests(t, drivertest.TrafficHarness{
 		Open:        func(t *testing.T) driver.Driver { return open(t) },
 		BadSnippets: badSnippets,
+		OpenIn: func(t *testing.T, h *testhost.Host) driver.Driver {
+			d, err := nginx.Open(t.Context(), t.TempDir(), &nginx.Options{
+				Command: func(name string, args ...string) *exec.Cmd { return h.Command(context.Background(), name, args...) },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { d.Close() })
+			return d
+		},
 	})
 }

@@ -33,6 +33,9 @@ type TrafficHarness struct {
 	ZeroLossReloads bool
 	// BadSnippets pass Config.Validate but the backend rejects them.
 	BadSnippets map[string]string
+	// OpenIn returns a fresh balancer whose processes run in host's
+	// network namespace (through host.Command and host.Listen).
+	OpenIn func(t *testing.T, host *testhost.Host) driver.Driver
 }
 
 // Lab is a cluster of four simulated servers: h0, h1 and h2 run backends,
@@ -187,6 +190,7 @@ func RunTrafficTests(t *testing.T, h TrafficHarness) {
 		{"ServerOperations", testRuntimeServers},
 		{"RejectedConfigKeepsServing", testRejectedKeepsServing},
 		{"FailedBindKeepsServing", testFailedBindKeepsServing},
+		{"InHostNamespace", testInHostNamespace},
 	} {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, &trafficSuite{h: h, lab: lab, d: h.Open(t)}) })
 	}
@@ -688,5 +692,39 @@ func testFailedBindKeepsServing(t *testing.T, s *trafficSuite) {
 	}
 	if got := count(t, c, url, 40); got["h0"] != 20 {
 		t.Fatalf("after the recovery, weights 2:1:1 over 40 requests: %v", got)
+	}
+}
+
+// testInHostNamespace runs the balancer in h0's namespace, bound on h0's
+// address, in front of backends on h1 and h2, for clients on h3.
+func testInHostNamespace(t *testing.T, s *trafficSuite) {
+	h0 := s.lab.Cluster.Hosts[0]
+	d := s.h.OpenIn(t, h0)
+	port := s.lab.Port()
+	b1 := StartBackend(t, s.lab.Cluster.Hosts[1], port, "h1", 0)
+	b2 := StartBackend(t, s.lab.Cluster.Hosts[2], port, "h2", 0)
+	cfg := &driver.Config{
+		Pools:     []driver.Pool{{Name: "pool", Servers: []driver.Server{b1.Server(), b2.Server()}}},
+		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: h0.Addr.String(), Port: s.lab.Port(), DefaultPool: "pool"}},
+	}
+	if err := d.Apply(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://%s/", netip.AddrPortFrom(h0.Addr, cfg.Frontends[0].Port))
+	got := count(t, s.lab.Client(s.lab.Sources[0], false, nil), url, 100)
+	if got["h1"] != 50 || got["h2"] != 50 {
+		t.Fatalf("balancer in h0's namespace, round robin over h1 and h2: %v", got)
+	}
+	// The frontend is not bound in the root namespace.
+	if c, err := net.DialTimeout("tcp", netip.AddrPortFrom(s.lab.Cluster.RootAddr, cfg.Frontends[0].Port).String(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("the frontend answers in the root namespace too")
+	}
+	cfg.Pools[0].Servers[0].Weight = 3
+	if err := d.Apply(t.Context(), cfg); err != nil {
+		t.Fatalf("reload in h0's namespace: %v", err)
+	}
+	if got := count(t, s.lab.Client(s.lab.Sources[0], false, nil), url, 100); got["h1"] != 75 {
+		t.Fatalf("after a reload with weights 3:1: %v", got)
 	}
 }
