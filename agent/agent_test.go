@@ -44,6 +44,7 @@ type cluster struct {
 	agent, client *Credentials
 	serverLog     *logBuffer
 	networks      map[netdriver.Mode]netdriver.Driver // served by serve
+	balancers     *Balancers                          // served by serve
 }
 
 func newCluster(t testing.TB, opts *CAOptions) *cluster {
@@ -73,7 +74,7 @@ func (cl *cluster) serve(t testing.TB, d driver.Driver) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.logger(), ShutdownTimeout: time.Second, Networks: cl.networks})
+	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.logger(), ShutdownTimeout: time.Second, Networks: cl.networks, Balancers: cl.balancers})
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
 		cancel()

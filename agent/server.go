@@ -34,6 +34,9 @@ type ServerOptions struct {
 	// Networks are the server's network drivers, by mode, served under
 	// /v1/networks/{mode} (see Client.Network).
 	Networks map[netdriver.Mode]netdriver.Driver
+	// Balancers are the load balancers the server runs for the cluster,
+	// served under /v1/balancers (see Client.Balancer); nil serves none.
+	Balancers *Balancers
 }
 
 // Server serves a driver to the cluster's agents and clients.
@@ -60,11 +63,10 @@ func NewServer(creds *Credentials, d driver.Driver, opts *ServerOptions) *Server
 			s.shutdown = opts.ShutdownTimeout
 		}
 	}
-	var nets map[netdriver.Mode]netdriver.Driver
-	if opts != nil {
-		nets = opts.Networks
+	if opts == nil {
+		opts = &ServerOptions{}
 	}
-	s.handler = s.logged(s.routes(d, nets))
+	s.handler = s.logged(s.routes(d, opts))
 	return s
 }
 
@@ -159,10 +161,11 @@ func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // routes maps the protocol onto d. A route of an optional interface that d
 // lacks falls through to the catch-all, which answers Unimplemented.
-func (s *Server) routes(d driver.Driver, nets map[netdriver.Mode]netdriver.Driver) *http.ServeMux {
+func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 	mux := http.NewServeMux()
 	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, validated(h)) }
-	networkRoutes(route, nets)
+	networkRoutes(route, opts.Networks)
+	balancerRoutes(route, opts.Balancers)
 	preflightRoutes(route, preflight.NewLocal(nil))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errcode.New(errcode.Unimplemented, "the agent's driver does not implement %s %s", r.Method, r.URL.Path))

@@ -27,6 +27,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -38,10 +39,15 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/drivers/bgp"
+	"github.com/musterkit/muster/drivers/haproxy"
+	"github.com/musterkit/muster/drivers/lvs"
 	"github.com/musterkit/muster/drivers/lxc"
+	"github.com/musterkit/muster/drivers/nginx"
 	"github.com/musterkit/muster/drivers/vxlan"
 	"github.com/musterkit/muster/drivers/wireguard"
 	"github.com/musterkit/muster/errcode"
+	lbdriver "github.com/musterkit/muster/lb/driver"
+	"github.com/musterkit/muster/lb/memlb"
 	netdriver "github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/memnetwork"
 	"github.com/musterkit/muster/network/restore"
@@ -75,7 +81,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	var (
 		dir, listen, name, joinURL, token, driverName string
 		ips                                           []net.IP
-		networks                                      []string
+		networks, balancers                           []string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -105,6 +111,14 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 					n.Close()
 				}
 			}()
+			bs, err := openBalancers(ctx, balancers, filepath.Join(dir, "balancers"), log)
+			if bs == nil {
+				return err
+			}
+			if err != nil {
+				log.Error("restoring balancers", "err", err)
+			}
+			defer bs.Close()
 			if a, ok := d.(driver.Autostarter); ok {
 				started, err := a.StartAutostart(ctx)
 				if err != nil {
@@ -118,7 +132,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 				return err
 			}
 			log.Info("serving", "name", creds.Cert.Leaf.Subject.CommonName, "addr", l.Addr(), "driver", driverName, "ca", creds.CAFingerprint)
-			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log, Networks: nets}).Serve(ctx, l)
+			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log, Networks: nets, Balancers: bs}).Serve(ctx, l)
 			log.Info("stopped")
 			return err
 		},
@@ -132,6 +146,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	f.StringVar(&token, "token", "", "join token (muster-agent token), for the first start")
 	f.StringVar(&driverName, "driver", "lxc", "container driver: lxc, or memory (in-memory, for trials)")
 	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: vxlan, wireguard, bgp, or memory (in-memory, every mode)")
+	f.StringSliceVar(&balancers, "balancer", []string{"haproxy", "nginx", "lvs", "memory"}, "load-balancer kinds to offer, repeatable: haproxy, nginx, lvs, memory")
 	return cmd
 }
 
@@ -221,6 +236,42 @@ func openNetworks(ctx context.Context, names []string, stateDir string, log *slo
 		}
 	}
 	return nets, nil
+}
+
+// openBalancers offers the load-balancer kinds named, with their
+// instances under dir, and deploys again those an earlier run kept. HAProxy
+// and Nginx run as children that die with the agent (so that a restarted
+// agent, which deploys them again, finds their ports free); a graceful stop
+// stops them too. A nil result comes with the error that prevented it;
+// otherwise the error says which balancers did not come back.
+func openBalancers(ctx context.Context, names []string, dir string, log *slog.Logger) (*agent.Balancers, error) {
+	command := func(name string, args ...string) *exec.Cmd {
+		cmd := exec.Command(name, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		return cmd
+	}
+	kinds := map[string]agent.BalancerKind{}
+	for _, name := range names {
+		switch name {
+		case "haproxy":
+			kinds[name] = func(ctx context.Context, dir string) (lbdriver.Driver, error) {
+				return haproxy.Open(ctx, dir, &haproxy.Options{Logger: log, Command: command})
+			}
+		case "nginx":
+			kinds[name] = func(ctx context.Context, dir string) (lbdriver.Driver, error) {
+				return nginx.Open(ctx, dir, &nginx.Options{Logger: log, Command: command})
+			}
+		case "lvs":
+			kinds[name] = func(ctx context.Context, _ string) (lbdriver.Driver, error) {
+				return lvs.Open(ctx, &lvs.Options{Logger: log})
+			}
+		case "memory":
+			kinds[name] = func(context.Context, string) (lbdriver.Driver, error) { return memlb.New(), nil }
+		default:
+			return nil, fmt.Errorf("unknown balancer kind %q: want haproxy, nginx, lvs or memory", name)
+		}
+	}
+	return agent.OpenBalancers(ctx, dir, kinds, log)
 }
 
 // certIPs returns ips, or the IP of listen if ips is empty and listen
