@@ -122,58 +122,14 @@ func BenchmarkThroughput(b *testing.B) {
 // and through a reload (a static-rr pool, which has no dynamic servers).
 func BenchmarkAddServer(b *testing.B) {
 	roottest.Require(b, roottest.BinaryFrom("haproxy", "haproxy"))
-	lab := drivertest.NewLab(b)
-	port := lab.Port()
-	var bs []*drivertest.Backend
-	for i := range 3 {
-		bs = append(bs, drivertest.StartBackend(b, lab.Cluster.Hosts[i], port, fmt.Sprintf("h%d", i), 0))
-	}
-	for _, tc := range []struct {
-		name string
-		alg  driver.Algorithm
-	}{{"runtime", driver.RoundRobin}, {"reload", driver.Weighted}} {
-		b.Run(tc.name, func(b *testing.B) {
-			dir, err := os.MkdirTemp("", "mhap")
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { os.RemoveAll(dir) })
-			d := openAt(b, filepath.Join(dir, "lb"))
-			fe := netip.AddrPortFrom(lab.Cluster.RootAddr, lab.Port())
-			err = d.Apply(b.Context(), &driver.Config{
-				Pools:     []driver.Pool{{Name: "web", Algorithm: tc.alg, Servers: []driver.Server{bs[0].Server(), bs[1].Server()}}},
-				Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: fe.Addr().String(), Port: fe.Port(), DefaultPool: "web"}},
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-			c := lab.Client(lab.Sources[0], false, nil)
-			url := "http://" + fe.String() + "/"
-			var total time.Duration
-			b.ResetTimer()
-			for range b.N {
-				start := time.Now()
-				if err := d.AddServer(b.Context(), "web", bs[2].Server()); err != nil {
-					b.Fatal(err)
-				}
-				for {
-					if name, err := drivertest.Get(c, url); err == nil && name == "h2" {
-						break
-					}
-					if time.Since(start) > 10*time.Second {
-						b.Fatal("the added server took no traffic in 10s")
-					}
-				}
-				total += time.Since(start)
-				b.StopTimer()
-				if err := d.RemoveServer(b.Context(), "web", "h2"); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
-			b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms-to-traffic")
-		})
-	}
+	drivertest.BenchmarkAddServer(b, func(b *testing.B) driver.Driver {
+		dir, err := os.MkdirTemp("", "mhap")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.RemoveAll(dir) })
+		return openAt(b, filepath.Join(dir, "lb"))
+	}, map[string]driver.Algorithm{"runtime": driver.RoundRobin, "reload": driver.Weighted})
 }
 
 func openAt(b *testing.B, dir string) interface {

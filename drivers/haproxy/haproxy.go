@@ -208,9 +208,9 @@ func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
 	return d.install(ctx, cfg.Normalized(), nil)
 }
 
-// install renders, checks, swaps and (re)starts; runtime, if set, is tried
-// first instead of a reload once the new file is in place, and the reload
-// happens only if it fails. Called with d.mu held.
+// install renders, checks, swaps and (re)starts. runtime, if set, is
+// tried first instead of a reload, and the reload happens only if it
+// fails. Called with d.mu held.
 func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func() error) error {
 	r, err := Render(cfg, d.dir)
 	if err != nil {
@@ -224,6 +224,31 @@ func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func()
 			return err
 		}
 	}
+	conf := filepath.Join(d.dir, ConfigFile)
+	if runtime != nil && d.running() {
+		// The runtime change goes first, so that traffic moves without
+		// waiting for haproxy -c; the file follows once checked. If the
+		// check fails, a reload of the file in force (the one before the
+		// change) undoes the runtime change.
+		if rerr := runtime(); rerr == nil {
+			if err := d.check(ctx, r.Config); err != nil {
+				d.log.WarnContext(ctx, "haproxy rejects the file of a runtime change; reloading the previous one", "dir", d.dir, "err", err)
+				if rerr := d.reload(ctx); rerr != nil {
+					return errors.Join(err, rerr)
+				}
+				d.reloads++
+				return errors.Join(err, d.reconcile(ctx, d.cfg))
+			}
+			if err := renameio.WriteFile(conf, []byte(r.Config), 0o600); err != nil {
+				return err
+			}
+			d.cfg, d.text = cfg, r.Config
+			d.log.InfoContext(ctx, "haproxy changed through the runtime API", "dir", d.dir)
+			return nil
+		} else {
+			d.log.WarnContext(ctx, "haproxy runtime API change failed; reloading", "dir", d.dir, "err", rerr)
+		}
+	}
 	if err := d.check(ctx, r.Config); err != nil {
 		return err
 	}
@@ -231,17 +256,8 @@ func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func()
 		return err
 	}
 	old := d.text
-	if err := renameio.WriteFile(filepath.Join(d.dir, ConfigFile), []byte(r.Config), 0o600); err != nil {
+	if err := renameio.WriteFile(conf, []byte(r.Config), 0o600); err != nil {
 		return err
-	}
-	if runtime != nil && d.running() {
-		if err := runtime(); err == nil {
-			d.cfg, d.text = cfg, r.Config
-			d.log.InfoContext(ctx, "haproxy changed through the runtime API", "dir", d.dir)
-			return nil
-		} else {
-			d.log.WarnContext(ctx, "haproxy runtime API change failed; reloading", "dir", d.dir, "err", err)
-		}
 	}
 	if d.running() {
 		err = d.reload(ctx)
@@ -251,7 +267,7 @@ func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func()
 	if err != nil {
 		// The old file goes back so that nothing later loads the failed one.
 		if old != "" {
-			err = errors.Join(err, renameio.WriteFile(filepath.Join(d.dir, ConfigFile), []byte(old), 0o600))
+			err = errors.Join(err, renameio.WriteFile(conf, []byte(old), 0o600))
 		}
 		return err
 	}

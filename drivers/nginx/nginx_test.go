@@ -50,3 +50,17 @@ func TestTraffic(t *testing.T) {
 		},
 	})
 }
+
+// BenchmarkAddServer measures how long a server added to a pool takes to
+// receive its first request; Nginx adds it by re-rendering and reloading.
+func BenchmarkAddServer(b *testing.B) {
+	roottest.Require(b, roottest.BinaryFrom("nginx", "nginx-light"))
+	drivertest.BenchmarkAddServer(b, func(b *testing.B) driver.Driver {
+		d, err := nginx.Open(b.Context(), b.TempDir(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { d.Close() })
+		return d
+	}, map[string]driver.Algorithm{"reload": driver.RoundRobin})
+}
