@@ -18,6 +18,7 @@ import (
 	"io"
 	"log"
 	"maps"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -33,6 +34,7 @@ import (
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/internal/fleet"
+	lbdriver "github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/network"
 	netdriver "github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/memnetwork"
@@ -69,6 +71,7 @@ type env struct {
 	containers *container.Cluster
 	networks   *network.Fabric
 	real       bool
+	fleet      *fleet.Fleet // the servers with their agents, when real
 }
 
 // servers returns three servers: real ones as root, in-memory otherwise.
@@ -113,7 +116,7 @@ func servers(ctx context.Context, agentBin string) (*env, func() error, error) {
 	}
 	fmt.Printf("  agents log to %s\n", agentLog.Name())
 	cleanup := func() error { return errors.Join(f.Close(), os.RemoveAll(netDir)) }
-	return &env{containers: f.Cluster, networks: fabric, real: true}, cleanup, nil
+	return &env{containers: f.Cluster, networks: fabric, real: true, fleet: f}, cleanup, nil
 }
 
 // demoNetwork is the VXLAN network the demo's containers share;
@@ -227,7 +230,75 @@ func flow(ctx context.Context, e *env) error {
 	if err := table(ctx, cl); err != nil {
 		return err
 	}
+	if err := balance(ctx, e); err != nil {
+		return err
+	}
 	return secure(ctx, e)
+}
+
+// balance deploys HAProxy on s2 through its agent, in front of web
+// servers (busybox httpd) in web-1 and web-2, and sends it requests.
+func balance(ctx context.Context, e *env) error {
+	step("a load balancer: HAProxy deployed on s2 through its agent, in front of web-1 and web-2")
+	if !e.real {
+		fmt.Println("  (in-memory servers run no HAProxy)")
+		return nil
+	}
+	var servers []lbdriver.Server
+	for _, name := range []string{"web-1", "web-2"} {
+		srv, err := e.containers.Server("s1") // both live on s1 now
+		if err != nil {
+			return err
+		}
+		script := fmt.Sprintf("mkdir -p /www && echo hello from %s > /www/index.html && httpd -p 8080 -h /www", name)
+		if code, err := srv.Exec(ctx, name, &container.Process{Args: []string{"sh", "-c", script}}); err != nil || code != 0 {
+			return fmt.Errorf("starting httpd in %s: exit %d, %v", name, code, err)
+		}
+		n, err := e.networks.Attach(ctx, demoNetwork, "s1", name)
+		if err != nil {
+			return err
+		}
+		servers = append(servers, lbdriver.Server{Name: name, Address: n.Address.Addr().String(), Port: 8080})
+	}
+	s2 := e.fleet.Servers[2]
+	bal := s2.Client.Balancer("haproxy", "front")
+	err := bal.Apply(ctx, &lbdriver.Config{
+		Frontends: []lbdriver.Frontend{{Name: "http", Protocol: lbdriver.HTTP, Address: "0.0.0.0", Port: 8080, DefaultPool: "web"}},
+		Pools: []lbdriver.Pool{{Name: "web", Algorithm: lbdriver.RoundRobin, Servers: servers,
+			HealthCheck: &lbdriver.HealthCheck{Type: lbdriver.HTTPCheck, Interval: time.Second}}},
+	})
+	if err != nil {
+		return err
+	}
+	url := fmt.Sprintf("http://%s:8080/", s2.Host.Addr)
+	get := func() string {
+		resp, err := http.Get(url)
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.TrimSpace(string(b))
+	}
+	for range 4 {
+		fmt.Printf("  GET %s -> %s\n", url, get())
+	}
+	step("draining web-2 through the runtime API (no reload): new requests go to web-1")
+	if err := bal.SetState(ctx, "web", "web-2", lbdriver.Drain); err != nil {
+		return err
+	}
+	for range 2 {
+		fmt.Printf("  GET %s -> %s\n", url, get())
+	}
+	st, err := bal.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Println("  SERVER  STATE  WEIGHT  CONNECTIONS")
+	for _, s := range st {
+		fmt.Printf("  %-7s %-6s %-7d %d\n", s.Server, s.State, s.Weight, s.TotalConnections)
+	}
+	return nil
 }
 
 // preflight checks the underlay between every pair of servers for spec
