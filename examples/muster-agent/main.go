@@ -11,8 +11,12 @@
 // later starts reuse them and need no token. With --driver lxc (the
 // default) the containers live in DIR (see drivers/lxc) and the agent must
 // run as root, in the network namespace of the server; --driver memory
-// serves an in-memory server, for trying things out. serve starts the
-// containers marked autostart, then serves until SIGINT or SIGTERM.
+// serves an in-memory server, for trying things out. --network names the
+// network drivers served (their state is kept in DIR/networks and restored
+// at start); --balancer the load-balancer kinds offered (HAProxy, Nginx,
+// LVS, in-memory), whose instances live in DIR/balancers and are deployed
+// again at start. serve starts the containers marked autostart, then
+// serves until SIGINT or SIGTERM.
 // TCP MD5 signatures (BGP passwords) need plain TCP listeners: the kernel
 // refuses MD5 keys on the MPTCP sockets Go listens with by default.
 //
