@@ -230,7 +230,8 @@ func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func()
 		// waiting for haproxy -c; the file follows once checked. If the
 		// check fails, a reload of the file in force (the one before the
 		// change) undoes the runtime change.
-		if rerr := runtime(); rerr == nil {
+		rerr := runtime()
+		if rerr == nil {
 			if err := d.check(ctx, r.Config); err != nil {
 				d.log.WarnContext(ctx, "haproxy rejects the file of a runtime change; reloading the previous one", "dir", d.dir, "err", err)
 				if rerr := d.reload(ctx); rerr != nil {
@@ -245,9 +246,8 @@ func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func()
 			d.cfg, d.text = cfg, r.Config
 			d.log.InfoContext(ctx, "haproxy changed through the runtime API", "dir", d.dir)
 			return nil
-		} else {
-			d.log.WarnContext(ctx, "haproxy runtime API change failed; reloading", "dir", d.dir, "err", rerr)
 		}
+		d.log.WarnContext(ctx, "haproxy runtime API change failed; reloading", "dir", d.dir, "err", rerr)
 	}
 	if err := d.check(ctx, r.Config); err != nil {
 		return err
@@ -400,10 +400,8 @@ func (d *Driver) reload(ctx context.Context) error {
 		// The master logs "Loading failure!" when the new configuration
 		// cannot start (a bind haproxy -c does not try, say); the old
 		// worker then resumes serving.
-		if b, err := os.ReadFile(logPath); err == nil && int64(len(b)) > offset {
-			if msg := b[offset:]; bytes.Contains(msg, []byte("Loading failure!")) {
-				return errcode.New(errcode.FailedPrecondition, "haproxy could not load the new configuration; the old one keeps serving: %s", bytes.TrimSpace(msg))
-			}
+		if msg := readFrom(logPath, offset); bytes.Contains(msg, []byte("Loading failure!")) {
+			return errcode.New(errcode.FailedPrecondition, "haproxy could not load the new configuration; the old one keeps serving: %s", bytes.TrimSpace(msg))
 		}
 		pid, err := d.workerPid()
 		if err == nil && pid != 0 && pid != before {
@@ -424,6 +422,17 @@ func (d *Driver) reload(ctx context.Context) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// readFrom returns what file holds after offset (at most 64 KiB).
+func readFrom(file string, offset int64) []byte {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.LimitReader(io.NewSectionReader(f, offset, 1<<62), 64<<10))
+	return b
 }
 
 // waitStats waits until the stats socket is served by worker pid.
@@ -572,11 +581,11 @@ func (d *Driver) change(ctx context.Context, next func(*driver.Config) (*driver.
 	if err != nil {
 		return err
 	}
-	if !d.running() {
-		d.cfg = cfg // nothing runs yet: the next Apply starts with it
+	if d.text == "" {
+		d.cfg = cfg // never started: the next Apply starts with it
 		return nil
 	}
-	return d.install(ctx, cfg, runtime(cfg))
+	return d.install(ctx, cfg, runtime(cfg)) // (re)starts if the master died
 }
 
 // dynamic reports whether HAProxy 2.6 can add servers to pool at run time.

@@ -21,9 +21,9 @@
 // (Capabilities.ActiveHealthChecks is false): a pool's HealthCheck becomes
 // passive checking. A server fails when a connection or request to it
 // fails; after Fall failures within Interval*Fall (rounded up to whole
-// seconds) it is taken out for as long (max_fails, fail_timeout), then tried again with live
-// traffic; the request that met the failure is retried on another server
-// (proxy_next_upstream). Path, ExpectStatus, Timeout and Rise are not used.
+// seconds) it is taken out for as long (max_fails, fail_timeout), then
+// tried again with live traffic; the request that met the failure is
+// retried on another server (proxy_next_upstream). Path, ExpectStatus, Timeout and Rise are not used.
 // Drain acts as Maintenance (Capabilities.Drain is false), and Stats report
 // the administrative state and weight from the configuration, without
 // session counts (Capabilities.SessionStats is false).
@@ -441,11 +441,11 @@ func (d *Driver) change(ctx context.Context, next func(*driver.Config) (*driver.
 	if err != nil {
 		return err
 	}
-	if !d.running() {
-		d.cfg = cfg
+	if d.text == "" {
+		d.cfg = cfg // never started: the next Apply starts with it
 		return nil
 	}
-	return d.install(ctx, cfg)
+	return d.install(ctx, cfg) // (re)starts if the master died
 }
 
 // AddServer implements driver.Driver (by reload).

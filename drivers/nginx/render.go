@@ -40,8 +40,8 @@ func upstreamName(pool string) string { return "pool_" + strings.ReplaceAll(pool
 // than one certificate on a TCP frontend (no SNI choice in stream) and
 // backup servers in a SourceHash pool. Health checks become passive: a
 // server is taken out for Interval*Fall (rounded up to whole seconds)
-// after Fall failed attempts within that time (max_fails, fail_timeout); Path, ExpectStatus, Timeout and
-// Rise are not used. Drain acts as Maintenance (the server is marked down;
+// after Fall failed attempts within that time (max_fails, fail_timeout);
+// Path, ExpectStatus, Timeout and Rise are not used. Drain acts as Maintenance (the server is marked down;
 // connections already open finish because a reload lets old workers
 // finish them).
 func Render(cfg *driver.Config, dir string) (*Rendered, error) {

@@ -3,8 +3,17 @@
 // fresh balancers; the suite checks the SPI's contract (validation, error
 // codes, idempotence, server operations, stats, capability gating). The same
 // test names run on every driver: memlb and the real drivers in drivers/.
-// Whether traffic flows as configured is RunTrafficTests' part, for real
-// drivers run as root.
+//
+// RunTrafficTests is the second suite, for real drivers only: it needs root
+// (it builds simulated servers with internal/testhost) and sends real HTTP
+// and HTTPS traffic through the balancer to backends on those servers,
+// measuring what each algorithm, health check, reload and server operation
+// does to it. Driver-specific features are gated by Capabilities, so every
+// real driver runs the same subtest names.
+//
+// The package also holds what the drivers' own tests share: GoldenConfigs
+// and FuzzConfig for renderers, BadConfigs, a throw-away CA for TLS, the
+// Lab, Backend and client helpers, and BenchmarkAddServer.
 package drivertest
 
 import (
