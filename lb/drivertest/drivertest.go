@@ -72,6 +72,7 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"Stats", testStats},
 		{"CapabilityGating", testCapabilityGating},
 		{"RawSnippets", testRawSnippets},
+		{"SideBySide", testSideBySide},
 		{"Close", testClose},
 	}
 	for _, tt := range tests {
@@ -482,4 +483,33 @@ func testClose(t *testing.T, s *suite) {
 		t.Fatalf("second Close: %v", err)
 	}
 	wantCode(t, "Apply after Close", s.d.Apply(ctx(t), s.config(t)), errcode.FailedPrecondition)
+}
+
+// testSideBySide runs two balancers at once: nothing they keep (files,
+// sockets, pids) may clash.
+func testSideBySide(t *testing.T, s *suite) {
+	other := &suite{h: s.h, d: s.h.Open(t)}
+	a, b := s.config(t), other.config(t)
+	s.apply(t, a)
+	other.apply(t, b)
+	for i, x := range []*suite{s, other} {
+		st, err := x.d.Stats(ctx(t))
+		if err != nil || len(st) != 4 {
+			t.Fatalf("balancer %d: Stats = %v, %v", i, st, err)
+		}
+	}
+	if err := s.d.SetWeight(ctx(t), "web", "b", 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a.Pools[0].Servers[1].Weight = 4
+	s.wantConfig(t, "the first balancer after the second closed", a)
+	a.Pools[0].Servers[0].Weight = 6
+	s.apply(t, a)
+	st := WaitStats(t, s.d, 5*time.Second, func(st []driver.ServerStats) bool { return Find(st, "web", "a").Weight == 6 })
+	if x := Find(st, "web", "a"); x.Weight != 6 {
+		t.Fatalf("after the other balancer closed, a change shows weight %d, want 6", x.Weight)
+	}
 }
