@@ -9,10 +9,11 @@ BIN := $(CURDIR)/bin
 # What the drivers and tests run: liblxc (+ headers for cgo), a static
 # busybox for the offline base image, iproute2 for the simulated servers,
 # BIRD 2 as the independent BGP peer, HAProxy and Nginx (with its stream
-# module) for the load balancers, iperf3 and wrk for the benchmarks, nftables
-# to filter ports in the preflight test.
+# module) for the load balancers, keepalived for floating IPs, iperf3 and wrk
+# for the benchmarks, nftables to filter ports in the preflight test, dig
+# (dnsutils) as a real DNS client.
 DEB_PACKAGES := lxc lxc-dev busybox-static iproute2 iputils-ping zstd pkg-config gcc bird2 \
-	haproxy nginx-light libnginx-mod-stream iperf3 wrk nftables
+	haproxy nginx-light libnginx-mod-stream keepalived iperf3 wrk nftables dnsutils
 TEST_TIMEOUT ?= 25m
 
 .PHONY: deps demo test vet build bench clean
