@@ -81,7 +81,8 @@ func NewLab(t testing.TB) *Lab {
 func (l *Lab) Port() uint16 { return uint16(l.port.Add(1)) }
 
 // Backend is an HTTP server in a host's namespace answering its name; path
-// /health answers 200 and every other path waits Delay first.
+// /health answers 200 and every other path waits Delay first. It echoes
+// the request header X-Route as X-Seen-Route and always sends X-Upstream.
 type Backend struct {
 	Name  string
 	Host  *testhost.Host
@@ -117,6 +118,10 @@ func (b *Backend) Start() error {
 		if r.URL.Path != "/health" && b.Delay > 0 {
 			time.Sleep(b.Delay)
 		}
+		if v := r.Header.Get("X-Route"); v != "" {
+			w.Header().Set("X-Seen-Route", v)
+		}
+		w.Header().Set("X-Upstream", "from-backend")
 		io.WriteString(w, b.Name)
 	})}
 	b.mu.Lock()
@@ -186,6 +191,7 @@ func RunTrafficTests(t *testing.T, h TrafficHarness) {
 		{"LeastConnections", testLeastConnections},
 		{"HealthCheck", testHealthCheck},
 		{"TLS", testTLS},
+		{"Routes", testRoutes},
 		{"ReloadUnderLoad", testReloadUnderLoad},
 		{"ServerOperations", testRuntimeServers},
 		{"RejectedConfigKeepsServing", testRejectedKeepsServing},
@@ -726,5 +732,85 @@ func testInHostNamespace(t *testing.T, s *trafficSuite) {
 	}
 	if got := count(t, s.lab.Client(s.lab.Sources[0], false, nil), url, 100); got["h1"] != 75 {
 		t.Fatalf("after a reload with weights 3:1: %v", got)
+	}
+}
+
+func testRoutes(t *testing.T, s *trafficSuite) {
+	if !s.d.Capabilities().Layer7 {
+		t.Skip("the driver has no HTTP routing")
+	}
+	port := s.lab.Port()
+	var srv []driver.Server
+	for i := range 3 {
+		srv = append(srv, StartBackend(t, s.lab.Cluster.Hosts[i], port, fmt.Sprintf("h%d", i), 0).Server())
+	}
+	fe := netip.AddrPortFrom(s.lab.Cluster.RootAddr, s.lab.Port())
+	cfg := &driver.Config{
+		Pools: []driver.Pool{
+			{Name: "main", Servers: srv[:1]}, {Name: "api", Servers: srv[1:2]}, {Name: "static", Servers: srv[2:3]},
+		},
+		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: fe.Addr().String(), Port: fe.Port(), DefaultPool: "main",
+			Routes: []driver.Route{
+				{Name: "api", Host: "api.example.test", PathPrefix: "/v1", Pool: "api",
+					RequestHeaders:  []driver.Header{{Name: "X-Route", Value: "api-v1"}},
+					ResponseHeaders: []driver.Header{{Name: "X-Upstream", Value: "replaced"}, {Name: "Cache-Control", Value: "no-store"}}},
+				{Name: "old", Host: "old.example.test", Redirect: &driver.Redirect{Scheme: "https", Host: "new.example.test", StatusCode: 301}},
+				{Name: "static", PathPrefix: "/static", Pool: "static"},
+				{Name: "shadowed", PathPrefix: "/static/deep", Pool: "api"},
+			}}},
+	}
+	if err := s.d.Apply(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	c := s.lab.Client(s.lab.Sources[0], false, nil)
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	for _, tc := range []struct {
+		host, path      string
+		status          int
+		body            string
+		header, value   string
+		header2, value2 string
+	}{
+		{"api.example.test", "/v1", 200, "h1", "X-Seen-Route", "api-v1", "X-Upstream", "replaced"},
+		{"api.example.test:8080", "/v1/users?id=7", 200, "h1", "Cache-Control", "no-store", "X-Upstream", "replaced"},
+		{"api.example.test", "/v1x", 200, "h0", "X-Seen-Route", "", "X-Upstream", "from-backend"},
+		{"www.example.test", "/v1", 200, "h0", "X-Seen-Route", "", "", ""},
+		{"old.example.test", "/a/b?c=d", 301, "", "Location", "https://new.example.test/a/b?c=d", "", ""},
+		{"www.example.test", "/static/app.js", 200, "h2", "", "", "", ""},
+		{"www.example.test", "/static/deep/x", 200, "h2", "", "", "", ""}, // the first match wins
+		{"api.example.test", "/static", 200, "h2", "", "", "", ""},
+	} {
+		req, _ := http.NewRequest("GET", "http://"+fe.String()+tc.path, nil)
+		req.Host = tc.host
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s%s: %v", tc.host, tc.path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		what := fmt.Sprintf("GET http://%s%s", tc.host, tc.path)
+		if resp.StatusCode != tc.status || tc.body != "" && string(body) != tc.body {
+			t.Fatalf("%s: %d %q, want %d %q", what, resp.StatusCode, body, tc.status, tc.body)
+		}
+		for _, h := range [][2]string{{tc.header, tc.value}, {tc.header2, tc.value2}} {
+			if h[0] != "" && resp.Header.Get(h[0]) != h[1] {
+				t.Fatalf("%s: header %s = %q, want %q (all: %v)", what, h[0], resp.Header.Get(h[0]), h[1], resp.Header)
+			}
+		}
+	}
+	// Without a default pool, what no route matches is 404.
+	cfg.Frontends[0].DefaultPool = ""
+	if err := s.d.Apply(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "http://"+fe.String()+"/nothing", nil)
+	req.Host = "www.example.test"
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Fatalf("unrouted request without a default pool: %d, want 404", resp.StatusCode)
 	}
 }
