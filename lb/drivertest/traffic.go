@@ -192,6 +192,7 @@ func RunTrafficTests(t *testing.T, h TrafficHarness) {
 		{"HealthCheck", testHealthCheck},
 		{"TLS", testTLS},
 		{"Routes", testRoutes},
+		{"TCP", testTCP},
 		{"ReloadUnderLoad", testReloadUnderLoad},
 		{"ServerOperations", testRuntimeServers},
 		{"RejectedConfigKeepsServing", testRejectedKeepsServing},
@@ -812,5 +813,45 @@ func testRoutes(t *testing.T, s *trafficSuite) {
 	resp.Body.Close()
 	if resp.StatusCode != 404 {
 		t.Fatalf("unrouted request without a default pool: %d, want 404", resp.StatusCode)
+	}
+}
+
+// testTCP balances connections at layer 4, in the clear and with TLS
+// terminated on the frontend.
+func testTCP(t *testing.T, s *trafficSuite) {
+	port := s.lab.Port()
+	var srv []driver.Server
+	for i := range 3 {
+		srv = append(srv, StartBackend(t, s.lab.Cluster.Hosts[i], port, fmt.Sprintf("h%d", i), 0).Server())
+	}
+	plain := netip.AddrPortFrom(s.lab.Cluster.RootAddr, s.lab.Port())
+	secure := netip.AddrPortFrom(s.lab.Cluster.RootAddr, s.lab.Port())
+	ca := NewCA(t)
+	cfg := &driver.Config{
+		Pools: []driver.Pool{{Name: "pool", Servers: srv}},
+		Frontends: []driver.Frontend{
+			{Name: "plain", Protocol: driver.TCP, Address: plain.Addr().String(), Port: plain.Port(), DefaultPool: "pool"},
+		},
+	}
+	if s.d.Capabilities().TLS {
+		cfg.Frontends = append(cfg.Frontends, driver.Frontend{Name: "secure", Protocol: driver.TCP, Address: secure.Addr().String(), Port: secure.Port(), DefaultPool: "pool",
+			TLS: &driver.TLS{Certificates: []driver.Certificate{ca.Issue(t, "a", "tcp.example.test")}}})
+	}
+	if err := s.d.Apply(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	got := count(t, s.lab.Client(s.lab.Sources[0], false, nil), "http://"+plain.String()+"/", 90)
+	t.Logf("TCP frontend, 90 connections: %v", got)
+	for _, n := range []string{"h0", "h1", "h2"} {
+		if !within(got[n], 30, 0.1) {
+			t.Fatalf("round robin of TCP connections over 3 servers: %v, want 30±3 each", got)
+		}
+	}
+	if s.d.Capabilities().TLS {
+		c := s.lab.Client(s.lab.Sources[0], false, &tls.Config{RootCAs: ca.Pool, ServerName: "tcp.example.test"})
+		got := count(t, c, "https://"+secure.String()+"/", 30)
+		if len(got) != 3 {
+			t.Fatalf("TLS terminated on a TCP frontend: %v", got)
+		}
 	}
 }
