@@ -348,6 +348,11 @@ func (d *Driver) start(ctx context.Context) error {
 func (d *Driver) reload(ctx context.Context) error {
 	pid := d.proc.cmd.Process.Pid
 	before := children(pid)
+	logPath := filepath.Join(d.dir, ErrorLog)
+	var offset int64
+	if fi, err := os.Stat(logPath); err == nil {
+		offset = fi.Size()
+	}
 	if err := d.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		return errcode.Wrap(errcode.Unavailable, err)
 	}
@@ -365,6 +370,12 @@ func (d *Driver) reload(ctx context.Context) error {
 		if fresh >= 2 && accepting == 0 { // worker_processes
 			d.log.InfoContext(ctx, "nginx reloaded", "dir", d.dir, "pid", pid)
 			return nil
+		}
+		// A configuration the master cannot load (nginx -t passed, but a
+		// bind failed since, say) is logged as [emerg]; the old workers
+		// keep serving.
+		if b, err := os.ReadFile(logPath); err == nil && int64(len(b)) > offset && bytes.Contains(b[offset:], []byte("[emerg]")) {
+			return errcode.New(errcode.FailedPrecondition, "nginx could not load the new configuration; the old one keeps serving: %s", bytes.TrimSpace(b[offset:]))
 		}
 		if time.Now().After(deadline) {
 			return errcode.New(errcode.Unavailable, "nginx did not reload within %v: %s", d.wait, d.tail())

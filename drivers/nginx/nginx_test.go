@@ -2,10 +2,20 @@ package nginx_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/musterkit/muster/drivers/nginx"
+	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/lb/driver"
@@ -63,4 +73,65 @@ func BenchmarkAddServer(b *testing.B) {
 		b.Cleanup(func() { d.Close() })
 		return d
 	}, map[string]driver.Algorithm{"reload": driver.RoundRobin})
+}
+
+// TestReloadFailureDetected makes a reload fail after nginx -t passed (the
+// check runs in a namespace that has the new address, the master in one
+// that has not) and checks that the driver reports it at once, keeps the
+// old configuration serving and recovers.
+func TestReloadFailureDetected(t *testing.T) {
+	roottest.Require(t, roottest.BinaryFrom("nginx", "nginx-light"))
+	h := testhost.New(t, 1).Hosts[0]
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer backend.Close()
+	bport, _ := strconv.Atoi(backend.URL[strings.LastIndex(backend.URL, ":")+1:])
+	d, err := nginx.Open(t.Context(), t.TempDir(), &nginx.Options{
+		Command: func(name string, args ...string) *exec.Cmd {
+			if slices.Contains(args, "-t") {
+				return h.Command(context.Background(), name, args...)
+			}
+			return exec.Command(name, args...)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	addr, port := drivertest.LoopbackBind(t)
+	cfg := &driver.Config{
+		Pools:     []driver.Pool{{Name: "web", Servers: []driver.Server{{Name: "a", Address: "127.0.0.1", Port: uint16(bport)}}}},
+		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: addr, Port: port, DefaultPool: "web"}},
+	}
+	if err := d.Apply(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://%s:%d/", addr, port)
+	get := func() error {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	bad := cfg.Normalized()
+	bad.Frontends = append(bad.Frontends, driver.Frontend{Name: "elsewhere", Protocol: driver.HTTP, Address: h.Addr.String(), Port: port, DefaultPool: "web"})
+	start := time.Now()
+	err = d.Apply(t.Context(), bad)
+	t.Logf("failed reload reported in %v: %v", time.Since(start).Round(time.Millisecond), err)
+	if !errors.Is(err, errcode.FailedPrecondition) || time.Since(start) > 5*time.Second {
+		t.Fatalf("Apply = %v after %v, want FailedPrecondition at once", err, time.Since(start))
+	}
+	if err := get(); err != nil {
+		t.Fatalf("the old configuration stopped serving: %v", err)
+	}
+	if now, _ := d.Config(t.Context()); !driver.Equal(now, cfg) {
+		t.Fatal("Config changed")
+	}
+	cfg.Pools[0].Servers[0].Weight = 3
+	if err := d.Apply(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
 }

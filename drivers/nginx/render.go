@@ -78,7 +78,7 @@ func Render(cfg *driver.Config, dir string) (*Rendered, error) {
 	w.line("daemon off;")
 	w.line("worker_processes 2;")
 	w.line("pid %s;", filepath.Join(dir, PidFile))
-	w.line("error_log %s notice;", filepath.Join(dir, ErrorLog))
+	w.line("error_log %s warn;", filepath.Join(dir, ErrorLog))
 	snippet("global")
 	w.open("events")
 	w.line("worker_connections 4096;")
