@@ -42,6 +42,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -602,7 +603,7 @@ func (d *Driver) AddServer(ctx context.Context, pool string, srv driver.Server) 
 				if !dynamic(p) {
 					return errcode.New(errcode.Unimplemented, "pool %q: static-rr has no dynamic servers", pool)
 				}
-				if _, err := netipParse(s.Address); err != nil {
+				if _, err := netip.ParseAddr(s.Address); err != nil {
 					return errcode.New(errcode.Unimplemented, "dynamic servers need an IP address")
 				}
 				name := backendName(pool) + "/" + s.Name

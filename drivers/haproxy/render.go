@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -288,8 +287,6 @@ func hash(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:6])
 }
-
-func netipParse(s string) (netip.Addr, error) { return netip.ParseAddr(s) }
 
 func prefixEach(p string, ss []string) string {
 	var b strings.Builder
