@@ -103,8 +103,9 @@ type Config struct {
 type Unsafe struct {
 	// RawSnippets are lines of the backend's own configuration language,
 	// keyed by where they go: "global", "defaults", "frontend/<name>",
-	// "pool/<name>" (HAProxy) or "http", "stream", "server/<frontend>",
-	// "upstream/<pool>" (Nginx). The driver validates the result with the
+	// "pool/<name>" (HAProxy) or "global" (the main context), "http",
+	// "stream", "server/<frontend>", "upstream/<pool>" (Nginx). A key the
+	// driver has no place for is errcode.InvalidArgument. The driver validates the result with the
 	// backend's own checker; one that fails is errcode.InvalidArgument and
 	// never replaces the running configuration.
 	RawSnippets map[string]string `json:"rawSnippets,omitempty"`
