@@ -15,8 +15,12 @@ BIN := $(CURDIR)/bin
 DEB_PACKAGES := lxc lxc-dev busybox-static iproute2 iputils-ping zstd pkg-config gcc bird2 \
 	haproxy nginx-light libnginx-mod-stream keepalived iperf3 wrk nftables dnsutils
 TEST_TIMEOUT ?= 25m
+# Consul 1.13.9 (MPL-2.0) has no Debian package: it is built once from the
+# Go module proxy by the tools/consul module and cached.
+CONSUL_VERSION := 1.13.9
+CONSUL_CACHE ?= $(HOME)/.cache/muster/consul-$(CONSUL_VERSION)
 
-.PHONY: deps demo test vet build bench clean
+.PHONY: deps demo test vet build bench clean consul
 
 # deps installs the missing Debian packages (as root; otherwise it only
 # reports what is missing).
@@ -27,6 +31,16 @@ deps:
 	echo "installing: $$missing"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
 
+# consul puts the cached Consul build in bin/, building it first if needed
+# (a few minutes, once per machine).
+consul:
+	@mkdir -p $(BIN) $(dir $(CONSUL_CACHE))
+	@if [ ! -x $(CONSUL_CACHE) ]; then \
+		echo "building Consul $(CONSUL_VERSION) from the Go module proxy (once; a few minutes)"; \
+		cd tools/consul && $(GO) build -o $(CONSUL_CACHE).tmp github.com/hashicorp/consul && mv $(CONSUL_CACHE).tmp $(CONSUL_CACHE); \
+	fi
+	@cp $(CONSUL_CACHE) $(BIN)/consul
+
 build:
 	$(GO) build -o $(BIN)/ ./examples/...
 
@@ -36,8 +50,8 @@ demo: deps build
 vet:
 	$(GO) vet ./...
 
-test: deps vet
-	MUSTER_ROOT_TESTS=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+test: deps vet consul
+	PATH=$(BIN):$$PATH MUSTER_ROOT_TESTS=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 bench: deps
 	MUSTER_ROOT_TESTS=1 $(GO) test -run '^$$' -bench . -benchtime 20x ./drivers/lxc/ ./bench/...
