@@ -1,0 +1,667 @@
+// Package keepalived is a floating-IP driver (ha/driver) that runs
+// keepalived's VRRP speaker.
+//
+// Each Driver manages one keepalived process for one group on one server,
+// with everything it owns in its own directory: the configuration, the pid
+// files (-p, -r, -c), the notify FIFO and the log. Several instances run
+// side by side on one machine (each in its own network namespace, through
+// Options.Command). keepalived runs in the foreground as a managed child
+// (-n -l -D -G -P), its output going to keepalived.log in the directory.
+//
+// A configuration goes through the shared validation
+// (driver.Config.Validate), a check of the floating addresses against the
+// interface's networks (netlink, in the server's namespace through
+// Options.Handle), a pure Render, keepalived's own check (keepalived -t on
+// a candidate file), an atomic swap of the file (renameio), and a start or
+// a reload (SIGHUP). A configuration that fails a check never replaces the
+// running one.
+//
+// The rendered instance speaks VRRPv3 by unicast to the peers (advert_int
+// in centiseconds, so 100 ms works), starts as BACKUP, and tracks
+// Track.Process with vrrp_track_process and Track.TCPPort with a
+// vrrp_script running "busybox nc -w 1 127.0.0.1 PORT -e /bin/true"
+// (no shell; BusyBox from the Debian package busybox or busybox-static). A
+// failed track puts the instance in FAULT, which gives the addresses up.
+//
+// The driver learns state changes from keepalived's notify FIFO (global
+// notify_fifo, lines `INSTANCE "name" MASTER 100`), so no notify script
+// runs. It reports a SplitBrain event when keepalived, master, logs an
+// advert received from another master. When the keepalived process dies on
+// its own, the driver kills what is left of its process group and removes
+// the floating addresses it left on the interface (orphans), so a dead
+// speaker never keeps answering for the group; Apply and Close remove such
+// orphans too (for example after the program driving keepalived crashed).
+//
+// Requirements: the Debian packages keepalived (2.2, /usr/sbin/keepalived)
+// and busybox (for Track.TCPPort), root (CAP_NET_ADMIN and CAP_NET_RAW in
+// the server's network namespace: VRRP is a raw IP protocol and the
+// addresses are added by netlink). The driver passes the conformance
+// suite in ha/drivertest; its tests run as root in internal/testhost
+// namespaces.
+package keepalived
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/renameio/v2"
+	"github.com/vishvananda/netlink"
+
+	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/ha/driver"
+)
+
+var _ driver.Driver = (*Driver)(nil)
+
+// DefaultBinary is where Debian installs keepalived.
+const DefaultBinary = "/usr/sbin/keepalived"
+
+// DefaultBusyBox is where Debian installs BusyBox (busybox, busybox-static).
+const DefaultBusyBox = "/bin/busybox"
+
+// Options configure a Driver. The zero value is usable.
+type Options struct {
+	// Binary is the keepalived program; empty means DefaultBinary.
+	Binary string
+	// BusyBox is the program of the TCP check; empty means DefaultBusyBox.
+	BusyBox string
+	// Logger receives one record per start, reload, state change and
+	// orphan removal; nil discards.
+	Logger *slog.Logger
+	// Command builds the command that runs keepalived (the long-lived
+	// process and the keepalived -t check), for example inside a network
+	// namespace; nil means exec.Command. It must run the program directly
+	// or exec it, so that the pid is keepalived's.
+	Command func(name string, args ...string) *exec.Cmd
+	// Handle is a netlink handle in the namespace keepalived runs in, used
+	// to read the interface's addresses and remove orphans; nil means a
+	// handle in the calling process's namespace. The caller keeps
+	// ownership of a given handle.
+	Handle *netlink.Handle
+	// StartTimeout bounds a start or a reload; 0 means 10s.
+	StartTimeout time.Duration
+	// Now is the clock of event times; nil means time.Now.
+	Now func() time.Time
+}
+
+// Driver runs one keepalived instance for one group. It is safe for
+// concurrent use.
+type Driver struct {
+	dir     string
+	bin     string
+	busybox string
+	log     *slog.Logger
+	cmd     func(string, ...string) *exec.Cmd
+	nl      *netlink.Handle
+	ownNL   bool
+	wait    time.Duration
+	now     func() time.Time
+
+	mu      sync.Mutex
+	cfg     *driver.Config // in force, normalized; nil before the first Apply
+	text    string
+	proc    *process
+	state   driver.State
+	subs    map[chan driver.Event]struct{}
+	reloads int
+	closed  bool
+	fifo    *os.File
+}
+
+type process struct {
+	cmd     *exec.Cmd
+	waited  chan struct{} // closed when keepalived exited and its output is read
+	done    chan struct{} // closed after that, once the driver cleaned up
+	stopped bool          // the driver stopped it on purpose
+	err     error
+}
+
+// Open returns a driver for an instance kept in dir (created if missing,
+// mode 0700; an absolute path of at most 200 bytes of letters, digits and
+// /._-+ since it appears in the configuration). Nothing runs until the
+// first Apply.
+func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, errcode.Wrap(errcode.InvalidArgument, err)
+	}
+	if err := ValidDir("instance directory", dir); err != nil {
+		return nil, err
+	}
+	d := &Driver{dir: dir, bin: cmpOr(opts.Binary, DefaultBinary), busybox: cmpOr(opts.BusyBox, DefaultBusyBox),
+		log: opts.Logger, cmd: opts.Command, nl: opts.Handle, wait: opts.StartTimeout, now: opts.Now,
+		state: driver.Stopped, subs: map[chan driver.Event]struct{}{}}
+	if err := ValidDir("busybox", d.busybox); err != nil {
+		return nil, err
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.cmd == nil {
+		d.cmd = exec.Command
+	}
+	if d.wait == 0 {
+		d.wait = 10 * time.Second
+	}
+	if d.now == nil {
+		d.now = time.Now
+	}
+	if _, err := os.Stat(d.bin); err != nil {
+		return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("keepalived binary (Debian package keepalived): %w", err))
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if d.nl == nil {
+		if d.nl, err = netlink.NewHandle(); err != nil {
+			return nil, errcode.Wrap(errcode.Unavailable, err)
+		}
+		d.ownNL = true
+	}
+	return d, nil
+}
+
+func cmpOr(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// Dir returns the instance directory.
+func (d *Driver) Dir() string { return d.dir }
+
+// Capabilities implements driver.Driver.
+func (d *Driver) Capabilities() driver.Capabilities {
+	return driver.Capabilities{SubSecondAdvert: true, TrackProcess: true, TrackTCP: true, SplitBrainEvents: true}
+}
+
+// Reloads counts starts and reloads (for tests: an equal Apply adds none).
+func (d *Driver) Reloads() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reloads
+}
+
+// Pid returns the pid of the keepalived process the driver started, or 0
+// if none runs.
+func (d *Driver) Pid() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.running() {
+		return d.proc.cmd.Process.Pid
+	}
+	return 0
+}
+
+func (d *Driver) running() bool {
+	if d.proc == nil {
+		return false
+	}
+	select {
+	case <-d.proc.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Apply implements driver.Driver.
+func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := driver.CheckCapabilities(cfg, d.Capabilities()); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errcode.New(errcode.FailedPrecondition, "driver is closed")
+	}
+	ifAddrs, err := d.ifAddrs(cfg.Interface)
+	if err != nil {
+		return err
+	}
+	place, err := driver.Placement(cfg, ifAddrs)
+	if err != nil {
+		return err
+	}
+	if d.running() && driver.Equal(cfg, d.cfg) {
+		return nil
+	}
+	n := cfg.Normalized()
+	text, err := Render(Input{Config: n, Prefixes: place, Dir: d.dir, CheckProgram: d.busybox})
+	if err != nil {
+		return err
+	}
+	if err := d.check(ctx, text); err != nil {
+		return err
+	}
+	conf := filepath.Join(d.dir, ConfigFile)
+	if d.running() {
+		old := d.text
+		if err := renameio.WriteFile(conf, []byte(text), 0o600); err != nil {
+			return err
+		}
+		if err := d.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			return errors.Join(errcode.Wrap(errcode.Unavailable, err), renameio.WriteFile(conf, []byte(old), 0o600))
+		}
+		prev := d.cfg
+		d.cfg, d.text = n, text
+		d.reloads++
+		// Addresses the new configuration dropped are keepalived's to
+		// remove; the ones of a renamed interface are not, so make sure.
+		if prev != nil && prev.Interface != n.Interface {
+			d.removeOrphans(ctx, prev)
+		}
+		d.log.InfoContext(ctx, "keepalived reloaded", "dir", d.dir, "group", n.Name)
+		return nil
+	}
+	// Nothing runs: addresses on the interface are orphans of a dead
+	// keepalived.
+	if d.cfg != nil {
+		d.removeOrphans(ctx, d.cfg)
+	}
+	d.removeOrphans(ctx, n)
+	if err := renameio.WriteFile(conf, []byte(text), 0o600); err != nil {
+		return err
+	}
+	if err := d.start(ctx, n.Name); err != nil {
+		return err
+	}
+	d.cfg, d.text = n, text
+	d.reloads++
+	return nil
+}
+
+// ifAddrs returns the IPv4 addresses of interface name.
+func (d *Driver) ifAddrs(name string) ([]netip.Prefix, error) {
+	l, err := d.nl.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil, errcode.New(errcode.InvalidArgument, "interface %q does not exist on this server", name)
+		}
+		return nil, errcode.Wrap(errcode.Unavailable, err)
+	}
+	as, err := d.nl.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, errcode.Wrap(errcode.Unavailable, err)
+	}
+	var out []netip.Prefix
+	for _, a := range as {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok {
+			continue
+		}
+		bits, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip, bits))
+	}
+	return out, nil
+}
+
+// removeOrphans deletes cfg's floating addresses from its interface.
+// Called with d.mu held and no keepalived running.
+func (d *Driver) removeOrphans(ctx context.Context, cfg *driver.Config) {
+	l, err := d.nl.LinkByName(cfg.Interface)
+	if err != nil {
+		return
+	}
+	as, err := d.nl.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return
+	}
+	for _, a := range as {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok || !slices.Contains(cfg.Addresses, ip) {
+			continue
+		}
+		if err := d.nl.AddrDel(l, &a); err != nil {
+			d.log.WarnContext(ctx, "orphaned floating address not removed", "dir", d.dir, "group", cfg.Name, "address", ip, "err", err)
+			continue
+		}
+		d.log.WarnContext(ctx, "orphaned floating address removed", "dir", d.dir, "group", cfg.Name, "address", ip, "interface", cfg.Interface)
+	}
+}
+
+// check runs keepalived -t on a candidate file (where keepalived runs, so
+// interfaces resolve). A rejection is errcode.InvalidArgument and carries
+// keepalived's message.
+func (d *Driver) check(ctx context.Context, text string) error {
+	cand := filepath.Join(d.dir, "candidate.conf")
+	if err := os.WriteFile(cand, []byte(text), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(cand)
+	cmd := d.cmd(d.bin, "-t", "-l", "-G", "-f", cand)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Dir = d.dir
+	if err := cmd.Start(); err != nil {
+		return errcode.Wrap(errcode.Unavailable, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return errcode.New(errcode.InvalidArgument, "keepalived rejects the configuration: %v: %s", err, bytes.TrimSpace(out.Bytes()))
+		}
+		return nil
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// start runs keepalived and waits until its VRRP process reported the
+// instance's first state on the notify FIFO. Called with d.mu held.
+func (d *Driver) start(ctx context.Context, group string) error {
+	for _, f := range []string{PidFile, VRRPPidFile, CheckerPidFile} {
+		os.Remove(filepath.Join(d.dir, f))
+	}
+	if d.fifo == nil {
+		fifo := filepath.Join(d.dir, NotifyFIFO)
+		os.Remove(fifo)
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			return err
+		}
+		// Read-write, so that the FIFO never reports end of file between
+		// two keepalived processes.
+		f, err := os.OpenFile(fifo, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		d.fifo = f
+		go d.readFIFO(f)
+	}
+	logf, err := os.OpenFile(filepath.Join(d.dir, LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := d.cmd(d.bin, "-n", "-l", "-D", "-G", "-P",
+		"-f", filepath.Join(d.dir, ConfigFile),
+		"-p", filepath.Join(d.dir, PidFile),
+		"-r", filepath.Join(d.dir, VRRPPidFile),
+		"-c", filepath.Join(d.dir, CheckerPidFile))
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		logf.Close()
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.Dir = d.dir
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true // a signal to the caller's group is not ours
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		pr.Close()
+		logf.Close()
+		return errcode.Wrap(errcode.Unavailable, err)
+	}
+	pw.Close()
+	p := &process{cmd: cmd, waited: make(chan struct{}), done: make(chan struct{})}
+	d.proc = p
+	d.state = driver.Backup // keepalived starts every instance as BACKUP
+	out := make(chan struct{})
+	go func() {
+		defer close(out)
+		defer logf.Close()
+		d.readLog(pr, logf)
+	}()
+	go func() {
+		err := cmd.Wait()
+		// keepalived's VRRP child outlives a killed parent for a moment
+		// (and would keep the output pipe open): it goes at once.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		select {
+		case <-out:
+		case <-time.After(2 * time.Second):
+			pr.Close()
+		}
+		p.err = err
+		close(p.waited)
+		d.exited(p, err)
+	}()
+	d.emit(driver.Event{Kind: driver.StateChanged, State: driver.Backup, Detail: "keepalived started"})
+	// keepalived is up once its VRRP child wrote its pid file.
+	deadline := time.Now().Add(d.wait)
+	for {
+		if b, err := os.ReadFile(filepath.Join(d.dir, VRRPPidFile)); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			d.log.InfoContext(ctx, "keepalived started", "dir", d.dir, "group", group, "pid", cmd.Process.Pid)
+			return nil
+		}
+		select {
+		case <-p.waited:
+			return errcode.New(errcode.FailedPrecondition, "keepalived exited at start (%v): %s", p.err, d.tail())
+		case <-ctx.Done():
+			d.stop()
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			d.stop()
+			return errcode.New(errcode.Unavailable, "keepalived did not start within %v: %s", d.wait, d.tail())
+		}
+	}
+}
+
+// exited runs when a keepalived process ended.
+func (d *Driver) exited(p *process, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	close(p.done)
+	if d.proc != p {
+		return
+	}
+	if !p.stopped {
+		d.log.Warn("keepalived exited", "dir", d.dir, "err", err)
+		if d.cfg != nil {
+			d.removeOrphans(context.Background(), d.cfg)
+		}
+	}
+	d.setState(driver.Stopped, "keepalived exited")
+}
+
+var (
+	fifoLine   = regexp.MustCompile(`^INSTANCE "([^"]*)" (MASTER|BACKUP|FAULT|STOP|DELETED)\b`)
+	advertLine = regexp.MustCompile(`\(([^)]*)\).*[Rr]eceived advert from ([0-9.]+)`)
+)
+
+func (d *Driver) readFIFO(f *os.File) {
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		m := fifoLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		st := map[string]driver.State{"MASTER": driver.Master, "BACKUP": driver.Backup, "FAULT": driver.Fault,
+			"STOP": driver.Stopped, "DELETED": driver.Stopped}[m[2]]
+		d.mu.Lock()
+		if d.cfg != nil && d.cfg.Name == m[1] && d.running() {
+			d.setState(st, "keepalived notify: "+sc.Text())
+		}
+		d.mu.Unlock()
+	}
+}
+
+// readLog copies keepalived's output to the log file and watches for
+// adverts a master receives: only another master sends them.
+func (d *Driver) readLog(r io.ReadCloser, logf io.Writer) {
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		fmt.Fprintln(logf, line)
+		m := advertLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		peer, _ := netip.ParseAddr(m[2])
+		d.mu.Lock()
+		if d.cfg != nil && d.cfg.Name == m[1] && (d.state == driver.Master || strings.Contains(line, "Master received")) {
+			d.log.Warn("another master's advert received", "dir", d.dir, "group", m[1], "peer", peer)
+			d.emit(driver.Event{Kind: driver.SplitBrain, State: d.state, Peer: peer, Detail: strings.TrimSpace(line)})
+		}
+		d.mu.Unlock()
+	}
+}
+
+// setState records and announces a state. Called with d.mu held.
+func (d *Driver) setState(st driver.State, detail string) {
+	if st == d.state {
+		return
+	}
+	d.state = st
+	d.log.Info("keepalived state", "dir", d.dir, "state", st)
+	d.emit(driver.Event{Kind: driver.StateChanged, State: st, Detail: detail})
+}
+
+// emit sends ev to every watcher, dropping a slow watcher's oldest event.
+// Called with d.mu held.
+func (d *Driver) emit(ev driver.Event) {
+	ev.Time = d.now()
+	if d.cfg != nil {
+		ev.Group = d.cfg.Name
+	}
+	for ch := range d.subs {
+		for {
+			select {
+			case ch <- ev:
+			default:
+				select {
+				case <-ch:
+				default:
+				}
+				continue
+			}
+			break
+		}
+	}
+}
+
+// Watch implements driver.Driver.
+func (d *Driver) Watch(ctx context.Context) (<-chan driver.Event, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errcode.New(errcode.FailedPrecondition, "driver is closed")
+	}
+	ch := make(chan driver.Event, 64)
+	d.subs[ch] = struct{}{}
+	go func() {
+		<-ctx.Done()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if _, ok := d.subs[ch]; ok {
+			delete(d.subs, ch)
+			close(ch)
+		}
+	}()
+	return ch, nil
+}
+
+// Status implements driver.Driver.
+func (d *Driver) Status(ctx context.Context) (*driver.Status, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := &driver.Status{State: driver.Stopped}
+	if d.running() {
+		st.State = d.state
+	}
+	if d.cfg == nil {
+		return st, nil
+	}
+	as, err := d.ifAddrs(d.cfg.Interface)
+	if err != nil {
+		if errcode.Of(err) == errcode.InvalidArgument {
+			return st, nil // the interface is gone, and the addresses with it
+		}
+		return nil, err
+	}
+	for _, a := range as {
+		if slices.Contains(d.cfg.Addresses, a.Addr()) {
+			st.Addresses = append(st.Addresses, a.Addr())
+		}
+	}
+	slices.SortFunc(st.Addresses, netip.Addr.Compare)
+	return st, nil
+}
+
+// stop terminates keepalived (SIGTERM, which makes it give the addresses
+// up and send a priority-0 advert so a backup takes over at once; SIGKILL
+// of its group after 5s). Called with d.mu held; it releases the lock
+// while it waits.
+func (d *Driver) stop() {
+	p := d.proc
+	if p == nil {
+		return
+	}
+	p.stopped = true
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	d.mu.Unlock()
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+	d.mu.Lock()
+}
+
+// tail returns the end of the instance's log, for error messages.
+func (d *Driver) tail() string {
+	b, _ := os.ReadFile(filepath.Join(d.dir, LogFile))
+	if len(b) > 800 {
+		b = b[len(b)-800:]
+	}
+	return string(bytes.TrimSpace(b))
+}
+
+// Close implements driver.Driver.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	d.stop()
+	if d.cfg != nil {
+		d.removeOrphans(context.Background(), d.cfg)
+	}
+	d.state = driver.Stopped
+	for ch := range d.subs {
+		delete(d.subs, ch)
+		close(ch)
+	}
+	if d.fifo != nil {
+		d.fifo.Close()
+	}
+	if d.ownNL {
+		d.nl.Close()
+	}
+	return nil
+}
