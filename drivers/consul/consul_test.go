@@ -118,3 +118,60 @@ func TestOpenRefuses(t *testing.T) {
 		t.Fatal("Open with no agent listening succeeded")
 	}
 }
+
+// TestLock runs two contenders for one key: one leads, the other waits
+// until the first releases; a cancelled wait returns the context's error.
+func TestLock(t *testing.T) {
+	d := startDevAgent(t)
+	ctx := context.Background()
+	first, err := d.Lock(ctx, "muster/leader", &LockOptions{Holder: "a", TTL: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if _, err := d.Lock(short, "muster/leader", &LockOptions{Holder: "b", TTL: 10 * time.Second}); err == nil {
+		t.Fatal("a second contender took a held lock")
+	}
+	got := make(chan *Leadership, 1)
+	go func() {
+		l, err := d.Lock(ctx, "muster/leader", &LockOptions{Holder: "b", TTL: 10 * time.Second})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	select {
+	case <-got:
+		t.Fatal("the second contender leads while the first holds the lock")
+	case <-time.After(300 * time.Millisecond):
+	}
+	kv, _, err := d.Client().KV().Get("muster/leader", nil)
+	if err != nil || kv == nil || string(kv.Value) != "a" {
+		t.Fatalf("the key holds %+v, %v", kv, err)
+	}
+	released := time.Now()
+	if err := first.Release(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case second := <-got:
+		t.Logf("the second contender led %v after the release", time.Since(released).Round(time.Millisecond))
+		if second == nil {
+			t.Fatal("no leadership")
+		}
+		defer second.Release()
+		select {
+		case <-second.Lost:
+			t.Fatal("lost at once")
+		default:
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second contender did not take the released lock")
+	}
+	for _, bad := range []string{"", "/abs", "a/../b", "a b", "a\nb"} {
+		if _, err := d.Lock(ctx, bad, nil); err == nil {
+			t.Errorf("key %q accepted", bad)
+		}
+	}
+}
