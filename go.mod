@@ -5,6 +5,7 @@ go 1.26.7
 require (
 	github.com/cloudflare/ipvs v0.12.0
 	github.com/google/renameio/v2 v2.0.2
+	github.com/hashicorp/consul/api v1.34.5
 	github.com/klauspost/compress v1.20.4
 	github.com/lxc/go-lxc v0.0.0-20260316180011-3af4ce000ed7
 	github.com/miekg/dns v1.1.73
@@ -30,7 +31,6 @@ require (
 	github.com/golang/protobuf v1.5.4 // indirect
 	github.com/google/go-cmp v0.7.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
-	github.com/hashicorp/consul/api v1.34.5 // indirect
 	github.com/hashicorp/errwrap v1.1.0 // indirect
 	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
 	github.com/hashicorp/go-hclog v1.6.3 // indirect
