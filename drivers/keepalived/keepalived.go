@@ -591,7 +591,7 @@ func (d *Driver) Status(ctx context.Context) (*driver.Status, error) {
 	if d.running() {
 		st.State = d.state
 	}
-	if d.cfg == nil {
+	if d.cfg == nil || d.closed && d.ownNL {
 		return st, nil
 	}
 	as, err := d.ifAddrs(d.cfg.Interface)

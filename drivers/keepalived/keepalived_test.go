@@ -15,8 +15,11 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/drivers/keepalived"
+	"github.com/vishvananda/netlink"
+
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/ha/driver"
+	"github.com/musterkit/muster/ha/drivertest"
 	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/internal/testhost"
 )
@@ -281,5 +284,43 @@ func TestBadInput(t *testing.T) {
 				t.Fatal("a configuration was written")
 			}
 		})
+	}
+}
+
+func TestConformance(t *testing.T) {
+	requireRoot(t)
+	hosts := map[driver.Driver]*testhost.Host{}
+	drivertest.RunConformanceTests(t, drivertest.Harness{
+		Pair: func(t *testing.T) (driver.Driver, driver.Driver, *driver.Config, *driver.Config) {
+			c := testhost.New(t, 2)
+			a, b := openIn(t, c.Hosts[0]), openIn(t, c.Hosts[1])
+			hosts[a], hosts[b] = c.Hosts[0], c.Hosts[1]
+			return a, b, config(c, 0, 2, 150), config(c, 1, 2, 100)
+		},
+		Kill: func(t *testing.T, d driver.Driver) { kill(t, d.(*keepalived.Driver)) },
+		AddOrphan: func(t *testing.T, d driver.Driver, ifname string, p netip.Prefix) {
+			addOrphan(t, hosts[d], ifname, p)
+		},
+	})
+}
+
+// addOrphan adds p to ifname in h, as a SIGKILLed keepalived leaves it.
+func addOrphan(t testing.TB, h *testhost.Host, ifname string, p netip.Prefix) {
+	t.Helper()
+	nl, err := h.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	l, err := nl.LinkByName(ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := netlink.ParseAddr(p.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.AddrAdd(l, a); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -185,6 +185,9 @@ type Event struct {
 	Kind EventKind `json:"kind"`
 	// Group is the Config.Name of the group.
 	Group string `json:"group"`
+	// Member names the server the event is about; drivers leave it empty
+	// and the ha.Group fills it in.
+	Member string `json:"member,omitempty"`
 	// State is the new state (StateChanged) or the state at the time.
 	State State `json:"state"`
 	// Peer is the other master's address, when known.
