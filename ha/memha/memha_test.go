@@ -34,9 +34,11 @@ func TestConformance(t *testing.T) {
 			_, a, b, ca, cb := pair(t)
 			return a, b, ca, cb
 		},
-		Kill:      func(t *testing.T, d driver.Driver) { d.(*memha.Driver).Kill() },
-		AddOrphan: func(t *testing.T, d driver.Driver, ifname string, p netip.Prefix) { d.(*memha.Driver).AddAddress(ifname, p) },
-		Timeout:   time.Second,
+		Kill: func(t *testing.T, d driver.Driver) { d.(*memha.Driver).Kill() },
+		AddOrphan: func(t *testing.T, d driver.Driver, ifname string, p netip.Prefix) {
+			d.(*memha.Driver).AddAddress(ifname, p)
+		},
+		Timeout: time.Second,
 	})
 }
 
