@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/discovery/driver"
+	"github.com/musterkit/muster/internal/consultest"
 	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/internal/testhost"
 )
@@ -25,13 +26,13 @@ func TestClusterSurvivesAServer(t *testing.T) {
 		joins = append(joins, "-retry-join", h.Addr.String())
 	}
 	cmds := map[string]*exec.Cmd{}
-	logs := map[string]*syncBuffer{}
+	logs := map[string]*consultest.Log{}
 	for i, h := range c.Hosts {
 		args := append([]string{"agent", "-server", "-bootstrap-expect", "3", "-node", fmt.Sprint("s", i),
 			"-bind", h.Addr.String(), "-client", h.Addr.String(), "-data-dir", t.TempDir(),
 			"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "performance { raft_multiplier = 1 }"}, joins...)
 		cmd := h.Command(context.Background(), "consul", args...)
-		log := &syncBuffer{}
+		log := &consultest.Log{}
 		cmd.Stdout, cmd.Stderr = log, log
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
