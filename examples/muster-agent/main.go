@@ -40,9 +40,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/musterkit/muster/agent"
+	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/memcontainer"
+	"github.com/musterkit/muster/discovery"
 	"github.com/musterkit/muster/drivers/bgp"
+	"github.com/musterkit/muster/drivers/consul"
 	"github.com/musterkit/muster/drivers/haproxy"
 	"github.com/musterkit/muster/drivers/lvs"
 	"github.com/musterkit/muster/drivers/lxc"
@@ -84,6 +87,7 @@ func newRoot() *cobra.Command {
 func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	var (
 		dir, listen, name, joinURL, token, driverName string
+		publishConsul                                 string
 		ips                                           []net.IP
 		networks, balancers                           []string
 	)
@@ -131,6 +135,13 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 					log.Info("autostart", "started", started)
 				}
 			}
+			if publishConsul != "" {
+				stop, err := publish(ctx, publishConsul, creds.Cert.Leaf.Subject.CommonName, d, log)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			l, err := net.Listen("tcp", listen)
 			if err != nil {
 				return err
@@ -150,6 +161,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	f.StringVar(&token, "token", "", "join token (muster-agent token), for the first start")
 	f.StringVar(&driverName, "driver", "lxc", "container driver: lxc, or memory (in-memory, for trials)")
 	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: vxlan, wireguard, bgp, or memory (in-memory, every mode)")
+	f.StringVar(&publishConsul, "publish-consul", "", "publish the services of this server's labelled containers (muster.io/service, muster.io/port) to the Consul agent at this host:port")
 	f.StringSliceVar(&balancers, "balancer", []string{"haproxy", "nginx", "lvs", "memory"}, "load-balancer kinds to offer, repeatable: haproxy, nginx, lvs, memory")
 	return cmd
 }
@@ -276,6 +288,30 @@ func openBalancers(ctx context.Context, names []string, dir string, log *slog.Lo
 		}
 	}
 	return agent.OpenBalancers(ctx, dir, kinds, log)
+}
+
+// publish keeps the services of the server's labelled containers
+// registered in the Consul agent at addr until the returned stop is
+// called, which withdraws them.
+func publish(ctx context.Context, addr, server string, d driver.Driver, log *slog.Logger) (stop func(), err error) {
+	c, err := consul.Open(ctx, &consul.Options{Address: addr})
+	if err != nil {
+		return nil, err
+	}
+	p, err := discovery.NewPublisher(discovery.New(c, &discovery.Options{Logger: log}), server, container.NewServer(d, nil), &discovery.PublisherOptions{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := p.Run(pctx); err != nil {
+			log.Error("withdrawing published services", "err", err)
+		}
+	}()
+	log.Info("publishing services", "consul", addr)
+	return func() { cancel(); <-done }, nil
 }
 
 // certIPs returns ips, or the IP of listen if ips is empty and listen
