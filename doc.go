@@ -25,11 +25,29 @@
 // drivers/lxc is the container driver on liblxc (go-lxc), one lxcpath per
 // server state directory.
 //
+// network joins containers on different servers into one network (Fabric):
+// VXLAN layer 2 (drivers/vxlan), WireGuard layer 3 and VXLAN over WireGuard
+// (drivers/wireguard), BGP-routed layer 3 (drivers/bgp), with IPAM
+// (network/ipam), a preflight of the underlay (network/preflight) and
+// networks that come back after an agent restart (network/restore).
+//
+// lb balances traffic (Balancer): TCP and HTTP frontends with TLS and
+// Gateway-API-shaped routes, pools with algorithms, weights, states and
+// health checks, on HAProxy (drivers/haproxy), Nginx (drivers/nginx) or
+// IPVS (drivers/lvs), deployable on any server through its agent.
+//
+// discovery lets apps find each other by name (Registry): registrations
+// with health checks, resolution, resumable watches, and a Publisher of
+// containers' labelled services; on Consul (drivers/consul) or the embedded
+// registry (discovery/memdiscovery), with a DNS front for any of them
+// (discovery/dnsfront).
+//
 // agent is the per-server daemon and its client: a server half that hosts a
 // server's local drivers over HTTPS with mutual TLS, and a client half that
 // implements the same driver SPIs remotely, so an operation on a remote
 // container is the same call as on a local one. Servers join a cluster with
-// a one-time token that pins the cluster CA's fingerprint.
+// a one-time token that pins the cluster CA's fingerprint. The agent also
+// serves the server's network drivers, preflight probes and load balancers.
 //
 // examples/muster-agent runs an agent; examples/demo runs a three-server
 // cluster on one machine.
