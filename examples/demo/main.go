@@ -18,6 +18,7 @@ import (
 	"io"
 	"log"
 	"maps"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -33,6 +34,9 @@ import (
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/container/memcontainer"
+	"github.com/musterkit/muster/discovery"
+	"github.com/musterkit/muster/discovery/dnsfront"
+	"github.com/musterkit/muster/discovery/memdiscovery"
 	"github.com/musterkit/muster/internal/fleet"
 	lbdriver "github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/network"
@@ -182,7 +186,7 @@ func flow(ctx context.Context, e *env) error {
 			Image:    "base",
 			Limits:   container.Limits{MemoryBytes: 64 << 20, MilliCPU: 500, Pids: 100},
 			Networks: []container.Network{n},
-			Labels:   map[string]string{"app": strings.TrimRight(p.name, "-0123456789")},
+			Labels:   labels(p.name),
 		})
 		if err != nil {
 			return err
@@ -233,7 +237,79 @@ func flow(ctx context.Context, e *env) error {
 	if err := balance(ctx, e); err != nil {
 		return err
 	}
+	if err := discover(ctx, e); err != nil {
+		return err
+	}
 	return secure(ctx, e)
+}
+
+// labels are a demo container's labels: its app, and for db the service
+// it offers (discovery.LabelService), which the publisher registers.
+func labels(name string) map[string]string {
+	l := map[string]string{"app": strings.TrimRight(name, "-0123456789")}
+	if name == "db" {
+		l[discovery.LabelService], l[discovery.LabelPort] = "mysql", "3306"
+	}
+	return l
+}
+
+// discover publishes the labelled containers of s2 into the embedded
+// registry, serves it as DNS on s0's address on the demo network, and has
+// web-1 resolve mysql.service.muster with its own resolver (nslookup).
+func discover(ctx context.Context, e *env) error {
+	step("service discovery: s2's labelled containers published into the embedded registry")
+	reg := discovery.New(memdiscovery.New(nil), nil)
+	defer reg.Driver().Close()
+	s2, err := e.containers.Server("s2")
+	if err != nil {
+		return err
+	}
+	pub, err := discovery.NewPublisher(reg, "s2", s2, nil)
+	if err != nil {
+		return err
+	}
+	if err := pub.Sync(ctx); err != nil {
+		return err
+	}
+	es, err := reg.Resolve(ctx, "mysql", "")
+	if err != nil {
+		return err
+	}
+	for _, en := range es {
+		fmt.Printf("  mysql: %s at %s:%d (%s)\n", en.ID, en.Address, en.Port, en.Health)
+	}
+	if !e.real {
+		fmt.Println("  (in-memory servers run no DNS clients)")
+		return nil
+	}
+	sts, err := e.networks.Status(ctx, demoNetwork)
+	if err != nil {
+		return err
+	}
+	dnsAddr := net.JoinHostPort(sts[0].Spec.Local.Addr().String(), "53")
+	front, err := dnsfront.New(reg.Driver(), nil)
+	if err != nil {
+		return err
+	}
+	var udp net.PacketConn
+	var tcp net.Listener
+	err = e.fleet.Servers[0].Host.Do(func() error {
+		var err error
+		if udp, err = net.ListenPacket("udp", dnsAddr); err != nil {
+			return err
+		}
+		tcp, err = net.Listen("tcp", dnsAddr)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go front.Serve(sctx, udp, tcp)
+	step("web-1 (on s1) resolves mysql.service.muster through the DNS front on " + dnsAddr)
+	s1, _ := e.containers.Server("s1")
+	return exec(ctx, s1, "web-1", "", "nslookup", "mysql.service.muster", sts[0].Spec.Local.Addr().String())
 }
 
 // balance deploys HAProxy on s2 through its agent, in front of web
