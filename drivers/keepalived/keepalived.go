@@ -18,10 +18,14 @@
 //
 // The rendered instance speaks VRRPv3 by unicast to the peers (advert_int
 // in centiseconds, so 100 ms works), starts as BACKUP, and tracks
-// Track.Process with vrrp_track_process and Track.TCPPort with a
-// vrrp_script running "busybox nc -w 1 127.0.0.1 PORT -e /bin/true"
-// (no shell; BusyBox from the Debian package busybox or busybox-static). A
-// failed track puts the instance in FAULT, which gives the addresses up.
+// Track.Process with a vrrp_script running "busybox pidof NAME" every
+// second (or keepalived's vrrp_track_process with
+// Options.TrackProcessEvents, in the initial network namespace only) and
+// Track.TCPPort with a vrrp_script running
+// "busybox nc -w 1 127.0.0.1 PORT -e /bin/true" every second. keepalived
+// runs them without a shell; BusyBox comes from the Debian package busybox
+// or busybox-static. A failed track puts the instance in FAULT, which
+// gives the addresses up.
 //
 // The driver learns state changes from keepalived's notify FIFO (global
 // notify_fifo, lines `INSTANCE "name" MASTER 100`), so no notify script
@@ -93,6 +97,13 @@ type Options struct {
 	// handle in the calling process's namespace. The caller keeps
 	// ownership of a given handle.
 	Handle *netlink.Handle
+	// TrackProcessEvents tracks Track.Process with keepalived's
+	// vrrp_track_process, which learns of process exits at once from the
+	// kernel's process events connector; that connector works only in the
+	// initial network namespace, so use it only when keepalived runs
+	// there. The default polls with "busybox pidof" every second, which
+	// works in any namespace.
+	TrackProcessEvents bool
 	// StartTimeout bounds a start or a reload; 0 means 10s.
 	StartTimeout time.Duration
 	// Now is the clock of event times; nil means time.Now.
@@ -105,6 +116,7 @@ type Driver struct {
 	dir     string
 	bin     string
 	busybox string
+	events  bool
 	log     *slog.Logger
 	cmd     func(string, ...string) *exec.Cmd
 	nl      *netlink.Handle
@@ -147,7 +159,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{dir: dir, bin: cmpOr(opts.Binary, DefaultBinary), busybox: cmpOr(opts.BusyBox, DefaultBusyBox),
-		log: opts.Logger, cmd: opts.Command, nl: opts.Handle, wait: opts.StartTimeout, now: opts.Now,
+		events: opts.TrackProcessEvents, log: opts.Logger, cmd: opts.Command, nl: opts.Handle, wait: opts.StartTimeout, now: opts.Now,
 		state: driver.Stopped, subs: map[chan driver.Event]struct{}{}}
 	if err := ValidDir("busybox", d.busybox); err != nil {
 		return nil, err
@@ -249,7 +261,7 @@ func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
 		return nil
 	}
 	n := cfg.Normalized()
-	text, err := Render(Input{Config: n, Prefixes: place, Dir: d.dir, CheckProgram: d.busybox})
+	text, err := Render(Input{Config: n, Prefixes: place, Dir: d.dir, CheckProgram: d.busybox, ProcessEvents: d.events})
 	if err != nil {
 		return err
 	}

@@ -24,9 +24,9 @@ import (
 	"github.com/musterkit/muster/internal/testhost"
 )
 
-func requireRoot(t testing.TB) {
-	roottest.Require(t, roottest.BinaryFrom("keepalived", "keepalived"), roottest.BinaryFrom("busybox", "busybox"),
-		roottest.BinaryFrom("ip", "iproute2"))
+func requireRoot(t testing.TB, more ...roottest.Need) {
+	roottest.Require(t, append([]roottest.Need{roottest.BinaryFrom("keepalived", "keepalived"), roottest.BinaryFrom("busybox", "busybox"),
+		roottest.BinaryFrom("ip", "iproute2")}, more...)...)
 }
 
 // openIn opens a driver whose keepalived runs in host h's namespace.

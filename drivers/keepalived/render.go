@@ -30,9 +30,14 @@ type Input struct {
 	Prefixes map[netip.Addr]netip.Prefix
 	// Dir is the instance directory (ValidDir): the notify FIFO lives there.
 	Dir string
-	// CheckProgram is the BusyBox binary the TCP check runs
+	// CheckProgram is the BusyBox binary the TCP and process checks run
 	// (ValidDir rules apply); empty means DefaultBusyBox.
 	CheckProgram string
+	// ProcessEvents tracks Track.Process with keepalived's
+	// vrrp_track_process (the kernel's process events connector, which
+	// works only in the initial network namespace) instead of polling
+	// with "busybox pidof" every second.
+	ProcessEvents bool
 }
 
 // ValidDir checks a path that appears in the configuration: absolute, at
@@ -87,12 +92,23 @@ func Render(in Input) (string, error) {
 	w(1, "script_user root")
 	w(1, "vrrp_version 3")
 	w(0, "}")
-	if c.Track.Process != "" {
+	if c.Track.Process != "" && in.ProcessEvents {
 		w(0, "")
 		w(0, "vrrp_track_process %s_process {", c.Name)
 		w(1, "process %s", c.Track.Process)
 		w(1, "weight 0")
 		w(1, "quorum 1")
+		w(0, "}")
+	} else if c.Track.Process != "" {
+		w(0, "")
+		w(0, "vrrp_script %s_process {", c.Name)
+		// BusyBox pidof exits 1 when no process has that name.
+		w(1, "script \"%s pidof %s\"", prog, c.Track.Process)
+		w(1, "interval 1")
+		w(1, "timeout 2")
+		w(1, "fall 1")
+		w(1, "rise 1")
+		w(1, "weight 0")
 		w(0, "}")
 	}
 	if c.Track.TCPPort != 0 {
@@ -135,14 +151,19 @@ func Render(in Input) (string, error) {
 		w(2, "%s dev %s", p, c.Interface)
 	}
 	w(1, "}")
-	if c.Track.Process != "" {
+	if c.Track.Process != "" && in.ProcessEvents {
 		w(1, "track_process {")
 		w(2, "%s_process", c.Name)
 		w(1, "}")
 	}
-	if c.Track.TCPPort != 0 {
+	if c.Track.Process != "" && !in.ProcessEvents || c.Track.TCPPort != 0 {
 		w(1, "track_script {")
-		w(2, "%s_tcp", c.Name)
+		if c.Track.Process != "" && !in.ProcessEvents {
+			w(2, "%s_process", c.Name)
+		}
+		if c.Track.TCPPort != 0 {
+			w(2, "%s_tcp", c.Name)
+		}
 		w(1, "}")
 	}
 	w(0, "}")

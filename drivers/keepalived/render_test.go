@@ -44,6 +44,7 @@ func goldenInputs() map[string]keepalived.Input {
 		"fast":      {Config: &fast, Prefixes: pre, Dir: goldenDir},
 		"nopreempt": {Config: &nopre, Prefixes: pre, Dir: goldenDir},
 		"tracked":   {Config: &tracked, Prefixes: pre, Dir: goldenDir},
+		"events":    {Config: &tracked, Prefixes: pre, Dir: goldenDir, ProcessEvents: true},
 	}
 }
 
@@ -143,14 +144,15 @@ func checkGrammar(t *testing.T, text string) {
 // FuzzRender: no input that passes validation can add a line, a brace, a
 // quote or a comment.
 func FuzzRender(f *testing.F) {
-	f.Add("web", "eth0", "haproxy", 51, 150, uint16(8080), int64(100), "/run/x")
-	f.Add("w\n}", "eth0 #", "a\"b", 1, 1, uint16(0), int64(1000), "/tmp/a b")
-	f.Fuzz(func(t *testing.T, name, iface, proc string, vrid, prio int, port uint16, advertMs int64, dir string) {
+	f.Add("web", "eth0", "haproxy", 51, 150, uint16(8080), int64(100), "/run/x", false)
+	f.Add("web", "eth0", "haproxy", 51, 150, uint16(8080), int64(100), "/run/x", true)
+	f.Add("w\n}", "eth0 #", "a\"b", 1, 1, uint16(0), int64(1000), "/tmp/a b", false)
+	f.Fuzz(func(t *testing.T, name, iface, proc string, vrid, prio int, port uint16, advertMs int64, dir string, events bool) {
 		cfg := &driver.Config{Name: name, VirtualRouterID: vrid, Interface: iface,
 			Addresses: []netip.Addr{netip.MustParseAddr("198.18.0.200")}, Source: netip.MustParseAddr("198.18.0.1"),
 			Peers: []netip.Addr{netip.MustParseAddr("198.18.0.2")}, Priority: prio,
 			AdvertInterval: time.Duration(advertMs) * time.Millisecond, Track: driver.Track{Process: proc, TCPPort: port}}
-		text, err := keepalived.Render(keepalived.Input{Config: cfg, Dir: dir})
+		text, err := keepalived.Render(keepalived.Input{Config: cfg, Dir: dir, ProcessEvents: events})
 		if err != nil {
 			if !errors.Is(err, errcode.InvalidArgument) || text != "" {
 				t.Fatalf("Render = %q, %v", text, err)
@@ -164,7 +166,7 @@ func FuzzRender(f *testing.F) {
 		if ref.Track.Process != "" {
 			ref.Track.Process = "p"
 		}
-		refText, err := keepalived.Render(keepalived.Input{Config: &ref, Dir: "/run/x"})
+		refText, err := keepalived.Render(keepalived.Input{Config: &ref, Dir: "/run/x", ProcessEvents: events})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,4 +176,3 @@ func FuzzRender(f *testing.F) {
 		}
 	})
 }
-
