@@ -5,15 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/musterkit/muster/container"
 	lbdriver "github.com/musterkit/muster/lb/driver"
-	"github.com/musterkit/muster/network"
-	netdriver "github.com/musterkit/muster/network/driver"
 )
 
 // TestBalancerThroughAgent deploys HAProxy on s0 through its agent, in
@@ -24,33 +21,13 @@ import (
 func TestBalancerThroughAgent(t *testing.T) {
 	f := startFleet(t, 3)
 	ctx := context.Background()
-	fab, err := network.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range f.Servers {
-		if err := fab.AddServer(s.Name, s.Client, s.Host.Addr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	spec := &network.Spec{ID: "web", Mode: netdriver.VXLAN, Subnet: netip.MustParsePrefix("198.19.130.0/24"), VNI: 4300}
-	if _, err := fab.Ensure(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
+	fab := fabricOf(t, f)
+	ensureVXLAN(t, fab, "web", "198.19.130.0/24", 4300)
 	var servers []lbdriver.Server
 	for _, s := range f.Servers[1:] {
 		name := "web-" + s.Name
-		n, err := fab.Attach(ctx, "web", s.Name, name)
-		if err != nil {
-			t.Fatal(err)
-		}
+		n := runOn(t, f, fab, "web", s.Name, name, nil)
 		srv, _ := f.Cluster.Server(s.Name)
-		if _, err := srv.Create(ctx, &container.Spec{Name: name, Image: "base", Networks: []container.Network{n}}); err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.Start(ctx, name); err != nil {
-			t.Fatal(err)
-		}
 		script := fmt.Sprintf("mkdir -p /www && echo %s > /www/index.html && httpd -p 8080 -h /www", name)
 		var out strings.Builder
 		if code, err := srv.Exec(ctx, name, &container.Process{Args: []string{"sh", "-c", script}, Stdout: &out, Stderr: &out}); err != nil || code != 0 {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"net"
-	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -15,8 +14,6 @@ import (
 	"github.com/musterkit/muster/discovery/driver"
 	"github.com/musterkit/muster/discovery/memdiscovery"
 	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/network"
-	netdriver "github.com/musterkit/muster/network/driver"
 )
 
 // TestContainerResolvesByDNS serves the embedded registry's DNS front on
@@ -28,19 +25,8 @@ func TestContainerResolvesByDNS(t *testing.T) {
 	roottest.Require(t, roottest.BinaryFrom("dig", "dnsutils"), roottest.Binary("nsenter"))
 	f := startFleet(t, 2)
 	ctx := context.Background()
-	fab, err := network.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range f.Servers {
-		if err := fab.AddServer(s.Name, s.Client, s.Host.Addr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sts, err := fab.Ensure(ctx, &network.Spec{ID: "svc", Mode: netdriver.VXLAN, Subnet: netip.MustParsePrefix("198.19.131.0/24"), VNI: 4301})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fab := fabricOf(t, f)
+	sts := ensureVXLAN(t, fab, "svc", "198.19.131.0/24", 4301)
 	dnsAddr := sts[0].Spec.Local.Addr() // s0's address on the network
 
 	reg := memdiscovery.New(nil)
@@ -80,17 +66,8 @@ func TestContainerResolvesByDNS(t *testing.T) {
 		}
 	}()
 
+	runOn(t, f, fab, "svc", "s1", "client", nil)
 	s1, _ := f.Cluster.Server("s1")
-	n, err := fab.Attach(ctx, "svc", "s1", "client")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s1.Create(ctx, &container.Spec{Name: "client", Image: "base", Networks: []container.Network{n}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s1.Start(ctx, "client"); err != nil {
-		t.Fatal(err)
-	}
 	var out strings.Builder
 	code, err := s1.Exec(ctx, "client", &container.Process{Args: []string{"nslookup", "mysql.service.muster", dnsAddr.String()}, Stdout: &out, Stderr: &out})
 	if err != nil || code != 0 || !strings.Contains(out.String(), "198.19.131.50") || strings.Contains(out.String(), "198.19.131.51") {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/drivers/bgp"
 	"github.com/musterkit/muster/internal/fleet"
 	"github.com/musterkit/muster/network"
@@ -44,15 +43,7 @@ func TestContainersTalkAcrossServers(t *testing.T) {
 func talkAcross(t *testing.T, driverName string, spec *network.Spec) {
 	f := startFleet(t, 3, driverName)
 	ctx := context.Background()
-	fab, err := network.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range f.Servers {
-		if err := fab.AddServer(s.Name, s.Client, s.Host.Addr); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fab := fabricOf(t, f)
 	report, err := fab.Preflight(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -66,17 +57,7 @@ func talkAcross(t *testing.T, driverName string, spec *network.Spec) {
 	addrs := map[string]netip.Addr{}
 	for _, s := range f.Servers {
 		name := "c-" + s.Name
-		n, err := fab.Attach(ctx, spec.ID, s.Name, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv, _ := f.Cluster.Server(s.Name)
-		if _, err := srv.Create(ctx, &container.Spec{Name: name, Image: "base", Networks: []container.Network{n}}); err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.Start(ctx, name); err != nil {
-			t.Fatal(err)
-		}
+		n := runOn(t, f, fab, spec.ID, s.Name, name, nil)
 		addrs[s.Name] = n.Address.Addr()
 	}
 	// Applying the same spec again changes nothing and keeps traffic.

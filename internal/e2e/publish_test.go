@@ -2,16 +2,12 @@ package e2e
 
 import (
 	"context"
-	"net/netip"
 	"testing"
 	"time"
 
-	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/discovery"
 	"github.com/musterkit/muster/drivers/consul"
 	"github.com/musterkit/muster/internal/consultest"
-	"github.com/musterkit/muster/network"
-	netdriver "github.com/musterkit/muster/network/driver"
 )
 
 // TestContainersPublishedToConsul publishes the labelled LXC containers of
@@ -22,31 +18,10 @@ func TestContainersPublishedToConsul(t *testing.T) {
 	consultest.Require(t)
 	f := startFleet(t, 2)
 	ctx := context.Background()
-	fab, err := network.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range f.Servers {
-		if err := fab.AddServer(s.Name, s.Client, s.Host.Addr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := fab.Ensure(ctx, &network.Spec{ID: "pub", Mode: netdriver.VXLAN, Subnet: netip.MustParsePrefix("198.19.132.0/24"), VNI: 4302}); err != nil {
-		t.Fatal(err)
-	}
+	fab := fabricOf(t, f)
+	ensureVXLAN(t, fab, "pub", "198.19.132.0/24", 4302)
+	n := runOn(t, f, fab, "pub", "s1", "db", map[string]string{discovery.LabelService: "mysql", discovery.LabelPort: "3306"})
 	s1, _ := f.Cluster.Server("s1")
-	n, err := fab.Attach(ctx, "pub", "s1", "db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = s1.Create(ctx, &container.Spec{Name: "db", Image: "base", Networks: []container.Network{n},
-		Labels: map[string]string{discovery.LabelService: "mysql", discovery.LabelPort: "3306"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s1.Start(ctx, "db"); err != nil {
-		t.Fatal(err)
-	}
 	d, err := consul.Open(ctx, &consul.Options{Address: consultest.StartDev(t, "127.0.0.1")})
 	if err != nil {
 		t.Fatal(err)
