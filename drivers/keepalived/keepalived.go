@@ -137,7 +137,8 @@ type Driver struct {
 
 type process struct {
 	cmd     *exec.Cmd
-	waited  chan struct{} // closed when keepalived exited and its output is read
+	exiting chan struct{} // closed when the process the driver started exited
+	waited  chan struct{} // closed when all of keepalived exited and its output is read
 	done    chan struct{} // closed after that, once the driver cleaned up
 	stopped bool          // the driver stopped it on purpose
 	err     error
@@ -224,15 +225,33 @@ func (d *Driver) Pid() int {
 	return 0
 }
 
+// running reports whether keepalived runs and is not exiting.
 func (d *Driver) running() bool {
 	if d.proc == nil {
 		return false
 	}
 	select {
-	case <-d.proc.done:
+	case <-d.proc.exiting:
 		return false
 	default:
 		return true
+	}
+}
+
+// settle waits until an exiting keepalived is gone and cleaned up after.
+// Called with d.mu held; it releases the lock while it waits.
+func (d *Driver) settle(ctx context.Context) error {
+	p := d.proc
+	if p == nil || d.running() {
+		return nil
+	}
+	d.mu.Unlock()
+	defer d.mu.Lock()
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -246,6 +265,9 @@ func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.settle(ctx); err != nil {
+		return err
+	}
 	if d.closed {
 		return errcode.New(errcode.FailedPrecondition, "driver is closed")
 	}
@@ -434,7 +456,7 @@ func (d *Driver) start(ctx context.Context, group string) error {
 		return errcode.Wrap(errcode.Unavailable, err)
 	}
 	pw.Close()
-	p := &process{cmd: cmd, waited: make(chan struct{}), done: make(chan struct{})}
+	p := &process{cmd: cmd, exiting: make(chan struct{}), waited: make(chan struct{}), done: make(chan struct{})}
 	d.proc = p
 	d.state = driver.Backup // keepalived starts every instance as BACKUP
 	out := make(chan struct{})
@@ -445,14 +467,23 @@ func (d *Driver) start(ctx context.Context, group string) error {
 	}()
 	go func() {
 		err := cmd.Wait()
+		close(p.exiting)
 		// keepalived's VRRP child outlives a killed parent for a moment
-		// (and would keep the output pipe open): it goes at once.
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		// (and keeps the output pipe open). SIGTERM lets it resign (a
+		// priority-0 advert makes the backup take over at once, and it
+		// removes the addresses); SIGKILL follows if it lingers.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 		select {
 		case <-out:
-		case <-time.After(2 * time.Second):
-			pr.Close()
+		case <-time.After(time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			select {
+			case <-out:
+			case <-time.After(2 * time.Second):
+				pr.Close()
+			}
 		}
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		p.err = err
 		close(p.waited)
 		d.exited(p, err)
