@@ -99,8 +99,7 @@ type Group struct {
 	members []Member
 	log     *slog.Logger
 
-	mu      sync.Mutex
-	applied []*driver.Config // per member, what Apply put in force (nil: nothing)
+	mu sync.Mutex // serializes Apply
 }
 
 // New returns a Group of members sharing spec. It validates everything
@@ -140,7 +139,6 @@ func New(spec Spec, members []Member, opts *Options) (*Group, error) {
 			return nil, g.wrap(fmt.Sprintf("member %q", m.Name), err)
 		}
 	}
-	g.applied = make([]*driver.Config, len(members))
 	return g, nil
 }
 
@@ -181,35 +179,19 @@ func (g *Group) Config(name string) (*Config, error) {
 func (g *Group) Name() string { return g.spec.Name }
 
 // Apply applies every member's configuration, members in order; applying
-// again with nothing changed is a no-op on every member. If a member fails
-// (a floating address outside its interface's networks is
-// errcode.InvalidArgument), the members already changed get their previous
-// configuration back and the error names the failing member. Drivers have
-// no "unapply": a member that had no previous configuration keeps the new
-// one, and the error says so (joined errcode.FailedPrecondition).
+// again with nothing changed is a no-op on every member. If a member
+// fails (a floating address outside its interface's networks is
+// errcode.InvalidArgument), Apply stops there and the error names the
+// member; the members before it run the group's configuration, which is
+// what a later Apply would give them too: a Group's spec is fixed, so
+// applying again repairs a half-applied group.
 func (g *Group) Apply(ctx context.Context) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var done []int
 	for i, m := range g.members {
-		cfg := g.config(i)
-		if err := m.Driver.Apply(ctx, cfg); err != nil {
-			var rb []error
-			for _, j := range done {
-				if prev := g.applied[j]; prev != nil {
-					if rerr := g.members[j].Driver.Apply(context.WithoutCancel(ctx), prev); rerr != nil {
-						rb = append(rb, fmt.Errorf("rollback of member %q: %w", g.members[j].Name, rerr))
-					}
-				} else {
-					rb = append(rb, errcode.New(errcode.FailedPrecondition, "member %q runs the new configuration (it had none to go back to)", g.members[j].Name))
-				}
-			}
-			return g.wrap(fmt.Sprintf("apply on member %q", m.Name), errors.Join(append([]error{err}, rb...)...))
+		if err := m.Driver.Apply(ctx, g.config(i)); err != nil {
+			return g.wrap(fmt.Sprintf("apply on member %q", m.Name), err)
 		}
-		done = append(done, i)
-	}
-	for i := range g.members {
-		g.applied[i] = g.config(i)
 	}
 	g.log.InfoContext(ctx, "ha group applied", "group", g.spec.Name, "members", len(g.members), "addresses", g.spec.Addresses)
 	return nil
@@ -333,9 +315,9 @@ func (g *Group) Watch(ctx context.Context, interval time.Duration) (<-chan Event
 	go func() {
 		<-ctx.Done()
 		wg.Wait()
+		cancel()
 		close(out)
 	}()
-	_ = cancel // released with ctx's parent
 	return out, nil
 }
 

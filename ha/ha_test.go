@@ -64,7 +64,7 @@ func TestNewValidates(t *testing.T) {
 	}
 }
 
-func TestApplyWrapsAndRollsBack(t *testing.T) {
+func TestApplyWrapsAndLogs(t *testing.T) {
 	link := memha.NewNetwork(nil)
 	d1, d2 := servers(link)
 	var logs bytes.Buffer
@@ -80,7 +80,7 @@ func TestApplyWrapsAndRollsBack(t *testing.T) {
 	if !strings.Contains(logs.String(), "ha group applied") {
 		t.Fatalf("no log record: %s", logs.String())
 	}
-	// A floating address outside lb2's network: lb1 gets the old one back.
+	// A floating address outside the members' network.
 	s := spec()
 	s.Addresses = []netip.Addr{netip.MustParseAddr("203.0.113.9")}
 	bad, err := ha.New(s, members(d1, d2), nil)
