@@ -56,6 +56,7 @@ import (
 	"github.com/google/renameio/v2"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/orphan"
 	"github.com/musterkit/muster/lb/driver"
 )
 
@@ -145,6 +146,9 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	if err := os.MkdirAll(filepath.Join(dir, CertDir), 0o700); err != nil {
 		return nil, err
 	}
+	// A master of an earlier run whose manager died still serves and
+	// holds the ports: end it, so that this driver's can bind them.
+	orphan.Reap(filepath.Join(dir, PidFile), "haproxy", d.log)
 	return d, nil
 }
 

@@ -56,6 +56,7 @@ import (
 	"github.com/google/renameio/v2"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/orphan"
 	"github.com/musterkit/muster/lb/driver"
 )
 
@@ -102,7 +103,9 @@ type process struct {
 }
 
 // Open returns a driver for an instance kept in dir (created if missing).
-// Nothing runs until the first Apply.
+// Nothing runs until the first Apply. Nginx processes an earlier run left
+// in dir (its pid file's master and its workers, whose manager died) are
+// ended, by pid.
 func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	if opts == nil {
 		opts = &Options{}
@@ -153,6 +156,10 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 			}
 		}
 	}
+	// A master of an earlier run whose manager died (and its workers)
+	// still serves and holds the ports: end it, so that this driver's can
+	// bind them.
+	orphan.Reap(filepath.Join(dir, PidFile), "nginx", d.log)
 	return d, nil
 }
 

@@ -31,7 +31,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -256,26 +255,22 @@ func openNetworks(ctx context.Context, names []string, stateDir string, log *slo
 
 // openBalancers offers the load-balancer kinds named, with their
 // instances under dir, and deploys again those an earlier run kept. HAProxy
-// and Nginx run as children that die with the agent (so that a restarted
-// agent, which deploys them again, finds their ports free); a graceful stop
-// stops them too. A nil result comes with the error that prevented it;
+// and Nginx outlive an agent that dies (the data plane keeps serving while
+// the control plane is away); the restarted agent's drivers end them and
+// start their own when they deploy the kept configurations. A graceful stop
+// stops them. A nil result comes with the error that prevented it;
 // otherwise the error says which balancers did not come back.
 func openBalancers(ctx context.Context, names []string, dir string, log *slog.Logger) (*agent.Balancers, error) {
-	command := func(name string, args ...string) *exec.Cmd {
-		cmd := exec.Command(name, args...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		return cmd
-	}
 	kinds := map[string]agent.BalancerKind{}
 	for _, name := range names {
 		switch name {
 		case "haproxy":
 			kinds[name] = func(ctx context.Context, dir string) (lbdriver.Driver, error) {
-				return haproxy.Open(ctx, dir, &haproxy.Options{Logger: log, Command: command})
+				return haproxy.Open(ctx, dir, &haproxy.Options{Logger: log})
 			}
 		case "nginx":
 			kinds[name] = func(ctx context.Context, dir string) (lbdriver.Driver, error) {
-				return nginx.Open(ctx, dir, &nginx.Options{Logger: log, Command: command})
+				return nginx.Open(ctx, dir, &nginx.Options{Logger: log})
 			}
 		case "lvs":
 			kinds[name] = func(ctx context.Context, _ string) (lbdriver.Driver, error) {

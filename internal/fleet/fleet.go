@@ -27,6 +27,7 @@ import (
 	"github.com/musterkit/muster/agent"
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/drivers/lxc"
+	"github.com/musterkit/muster/internal/orphan"
 	"github.com/musterkit/muster/internal/testhost"
 )
 
@@ -291,6 +292,13 @@ func destroy(dir string) error {
 	var errs []error
 	for _, s := range servers {
 		errs = append(errs, lxc.Destroy(s))
+		// Balancers outlive a killed agent: end them by their pid files.
+		for _, kind := range []string{"haproxy", "nginx"} {
+			pids, _ := filepath.Glob(filepath.Join(s, "balancers", "*", kind+".pid"))
+			for _, p := range pids {
+				orphan.Reap(p, kind, nil)
+			}
+		}
 	}
 	return errors.Join(append(errs, os.RemoveAll(dir))...)
 }
