@@ -530,7 +530,11 @@ func (d *Driver) exited(p *process, err error) {
 
 var (
 	fifoLine   = regexp.MustCompile(`^INSTANCE "([^"]*)" (MASTER|BACKUP|FAULT|STOP|DELETED)\b`)
-	advertLine = regexp.MustCompile(`\(([^)]*)\).*[Rr]eceived advert from ([0-9.]+)`)
+	// keepalived 2.2, master, on an advert of a master of lower (or
+	// equal) priority: "(NAME) Received advert from ADDR with lower
+	// priority 100, ours 150, forcing new election". An advert of higher
+	// priority is the normal preemption and is not reported.
+	advertLine = regexp.MustCompile(`\(([^)]*)\) Received advert from ([0-9.]+) with (lower|same) priority`)
 )
 
 func (d *Driver) readFIFO(f *os.File) {
@@ -564,7 +568,7 @@ func (d *Driver) readLog(r io.ReadCloser, logf io.Writer) {
 		}
 		peer, _ := netip.ParseAddr(m[2])
 		d.mu.Lock()
-		if d.cfg != nil && d.cfg.Name == m[1] && (d.state == driver.Master || strings.Contains(line, "Master received")) {
+		if d.cfg != nil && d.cfg.Name == m[1] {
 			d.log.Warn("another master's advert received", "dir", d.dir, "group", m[1], "peer", peer)
 			d.emit(driver.Event{Kind: driver.SplitBrain, State: d.state, Peer: peer, Detail: strings.TrimSpace(line)})
 		}

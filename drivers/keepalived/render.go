@@ -87,9 +87,9 @@ func Render(in Input) (string, error) {
 	w(0, "# Rendered by muster (drivers/keepalived) for group %s; do not edit.", c.Name)
 	w(0, "global_defs {")
 	w(1, "router_id %s", c.Name)
-	w(1, "notify_fifo %s/%s", in.Dir, NotifyFIFO)
-	w(1, "enable_script_security")
 	w(1, "script_user root")
+	w(1, "enable_script_security")
+	w(1, "notify_fifo %s/%s", in.Dir, NotifyFIFO)
 	w(1, "vrrp_version 3")
 	w(0, "}")
 	if c.Track.Process != "" && in.ProcessEvents {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -217,4 +218,37 @@ func TestRejectedConfigKeepsRunning(t *testing.T) {
 		t.Fatal("the rejected configuration replaced the running one")
 	}
 	waitState(t, d, driver.Master, time.Second)
+}
+
+// TestReload: a changed configuration reaches the running keepalived by
+// SIGHUP (same pid): lowering the master's priority below the backup's
+// hands the address over, and an equal Apply afterwards changes nothing.
+func TestReload(t *testing.T) {
+	requireRoot(t)
+	c := testhost.New(t, 3)
+	serve(t, c.Hosts[0], 8080)
+	serve(t, c.Hosts[1], 8080)
+	d0, d1 := openIn(t, c.Hosts[0]), openIn(t, c.Hosts[1])
+	cfg0, cfg1 := config(c, 0, 2, 150), config(c, 1, 2, 100)
+	startPair(t, d0, d1, cfg0, cfg1)
+	waitServed(t, c.Hosts[2], vip(c), 8080, "h0", 5*time.Second)
+	pid, reloads := d0.Pid(), d0.Reloads()
+	lower := *cfg0
+	lower.Priority = 50
+	if err := d0.Apply(t.Context(), &lower); err != nil {
+		t.Fatal(err)
+	}
+	if d0.Pid() != pid || d0.Reloads() != reloads+1 {
+		t.Fatalf("pid %d -> %d, reloads %d -> %d: want a reload of the same process", pid, d0.Pid(), reloads, d0.Reloads())
+	}
+	waitState(t, d1, driver.Master, 5*time.Second)
+	waitState(t, d0, driver.Backup, 5*time.Second)
+	waitServed(t, c.Hosts[2], vip(c), 8080, "h1", 5*time.Second)
+	if err := d0.Apply(t.Context(), &lower); err != nil || d0.Reloads() != reloads+1 {
+		t.Fatalf("equal Apply: %v, reloads %d", err, d0.Reloads())
+	}
+	conf, err := os.ReadFile(filepath.Join(d0.Dir(), keepalived.ConfigFile))
+	if err != nil || !strings.Contains(string(conf), "priority 50\n") {
+		t.Fatalf("config file: %v\n%s", err, conf)
+	}
 }
