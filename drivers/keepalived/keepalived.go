@@ -529,7 +529,7 @@ func (d *Driver) exited(p *process, err error) {
 }
 
 var (
-	fifoLine   = regexp.MustCompile(`^INSTANCE "([^"]*)" (MASTER|BACKUP|FAULT|STOP|DELETED)\b`)
+	fifoLine = regexp.MustCompile(`^INSTANCE "([^"]*)" (MASTER|BACKUP|FAULT|STOP|DELETED)\b`)
 	// keepalived 2.2, master, on an advert of a master of lower (or
 	// equal) priority: "(NAME) Received advert from ADDR with lower
 	// priority 100, ours 150, forcing new election". An advert of higher
