@@ -90,6 +90,8 @@ type Options struct {
 	// Logger receives one record per change and per split brain; nil
 	// discards.
 	Logger *slog.Logger
+	// Now is the clock of the Group's own events; nil means time.Now.
+	Now func() time.Time
 }
 
 // Group is one floating-IP group across its members. It is safe for
@@ -98,6 +100,7 @@ type Group struct {
 	spec    Spec
 	members []Member
 	log     *slog.Logger
+	now     func() time.Time
 
 	mu sync.Mutex // serializes Apply
 }
@@ -107,10 +110,13 @@ type Group struct {
 // two members with distinct names, addresses and drivers, and every
 // member's derived configuration. Nothing is applied until Apply.
 func New(spec Spec, members []Member, opts *Options) (*Group, error) {
-	g := &Group{spec: spec, members: slices.Clone(members), log: slog.New(slog.DiscardHandler)}
+	g := &Group{spec: spec, members: slices.Clone(members), log: slog.New(slog.DiscardHandler), now: time.Now}
 	g.spec.Addresses = slices.Clone(spec.Addresses)
 	if opts != nil && opts.Logger != nil {
 		g.log = opts.Logger
+	}
+	if opts != nil && opts.Now != nil {
+		g.now = opts.Now
 	}
 	if err := driver.ValidName("group name", spec.Name); err != nil {
 		return nil, err
@@ -252,7 +258,7 @@ func (g *Group) Check(ctx context.Context) *Event {
 		return nil
 	}
 	g.log.WarnContext(ctx, "ha group split brain", "group", g.spec.Name, "holders", st.Holders)
-	return &Event{Time: time.Now(), Kind: SplitBrain, Group: g.spec.Name, State: Master, Holders: st.Holders,
+	return &Event{Time: g.now(), Kind: SplitBrain, Group: g.spec.Name, State: Master, Holders: st.Holders,
 		Detail: fmt.Sprintf("%d members hold the floating addresses", len(st.Holders))}
 }
 

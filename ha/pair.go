@@ -37,9 +37,12 @@ type PairMember struct {
 // Every frontend must bind the unspecified address (0.0.0.0): the backup
 // listens before it holds a floating address, and the check connects to
 // 127.0.0.1. Anything else is errcode.InvalidArgument, and so is an lb
-// that fails its own validation. It is all-or-nothing: if the second
-// balancer or the group fails, the balancers get their previous
-// configuration back.
+// that fails its own validation. If the second balancer or the group
+// fails, the balancers get their previous configuration back; the group's
+// members already applied keep the group's configuration (see
+// Group.Apply), and calling DeployPair again with the same input repairs
+// the pair. The returned Group owns a.HA and b.HA: its Close stops the
+// speakers, not the balancers.
 func DeployPair(ctx context.Context, spec Spec, lb *lbdriver.Config, a, b PairMember, opts *Options) (*Group, error) {
 	if err := lb.Validate(); err != nil {
 		return nil, fmt.Errorf("ha pair %q: balancer config: %w", spec.Name, err)
