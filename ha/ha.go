@@ -119,7 +119,7 @@ func New(spec Spec, members []Member, opts *Options) (*Group, error) {
 		g.now = opts.Now
 	}
 	if err := driver.ValidName("group name", spec.Name); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ha group: %w", err)
 	}
 	if len(members) < 2 {
 		return nil, g.wrap("new", errcode.New(errcode.InvalidArgument, "a group needs at least 2 members, not %d", len(members)))

@@ -37,11 +37,12 @@
 // orphans too (for example after the program driving keepalived crashed).
 //
 // Requirements: the Debian packages keepalived (2.2, /usr/sbin/keepalived)
-// and busybox (for Track.TCPPort), root (CAP_NET_ADMIN and CAP_NET_RAW in
-// the server's network namespace: VRRP is a raw IP protocol and the
-// addresses are added by netlink). The driver passes the conformance
-// suite in ha/drivertest; its tests run as root in internal/testhost
-// namespaces.
+// and busybox-static or busybox (/bin/busybox, for Track), and root
+// (CAP_NET_ADMIN and CAP_NET_RAW in the server's network namespace: VRRP is
+// a raw IP protocol and the addresses are managed by netlink). The driver
+// passes the conformance suite in ha/drivertest; its tests run as root in
+// internal/testhost namespaces (MUSTER_ROOT_TESTS=1), the split-brain test
+// also needs nftables, the HA-pair test haproxy.
 package keepalived
 
 import (

@@ -25,7 +25,7 @@ import (
 )
 
 func requireRoot(t testing.TB, more ...roottest.Need) {
-	roottest.Require(t, append([]roottest.Need{roottest.BinaryFrom("keepalived", "keepalived"), roottest.BinaryFrom("busybox", "busybox"),
+	roottest.Require(t, append([]roottest.Need{roottest.BinaryFrom("keepalived", "keepalived"), roottest.BinaryFrom("busybox", "busybox-static"),
 		roottest.BinaryFrom("ip", "iproute2")}, more...)...)
 }
 
