@@ -42,6 +42,10 @@
 // registry (discovery/memdiscovery), with a DNS front for any of them
 // (discovery/dnsfront).
 //
+// ha keeps floating IPs alive across a group of servers (Group) with VRRP
+// on keepalived (drivers/keepalived), and deploys a pair of load balancers
+// behind one floating IP in one call (DeployPair).
+//
 // agent is the per-server daemon and its client: a server half that hosts a
 // server's local drivers over HTTPS with mutual TLS, and a client half that
 // implements the same driver SPIs remotely, so an operation on a remote
