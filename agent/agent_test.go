@@ -45,6 +45,7 @@ type cluster struct {
 	serverLog     *logBuffer
 	networks      map[netdriver.Mode]netdriver.Driver // served by serve
 	balancers     *Balancers                          // served by serve
+	floating      *FloatingIPs                        // served by serve
 }
 
 func newCluster(t testing.TB, opts *CAOptions) *cluster {
@@ -74,7 +75,7 @@ func (cl *cluster) serve(t testing.TB, d driver.Driver) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.logger(), ShutdownTimeout: time.Second, Networks: cl.networks, Balancers: cl.balancers})
+	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.logger(), ShutdownTimeout: time.Second, Networks: cl.networks, Balancers: cl.balancers, FloatingIPs: cl.floating})
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
 		cancel()

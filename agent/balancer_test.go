@@ -81,7 +81,7 @@ func TestBalancersRestoreAndRefuse(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "broken")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a balancer that failed to deploy left its directory: %v", err)
 	}
-	if got := bs.List(); len(got) != 1 || got[0] != (BalancerInfo{Name: "front", Kind: "memory"}) {
+	if got := bs.List(); len(got) != 1 || got[0] != (Info{Name: "front", Kind: "memory"}) {
 		t.Fatalf("List = %v", got)
 	}
 

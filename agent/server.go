@@ -37,6 +37,9 @@ type ServerOptions struct {
 	// Balancers are the load balancers the server runs for the cluster,
 	// served under /v1/balancers (see Client.Balancer); nil serves none.
 	Balancers *Balancers
+	// FloatingIPs are the floating-IP speakers the server runs, served
+	// under /v1/floating-ips (see Client.FloatingIP); nil serves none.
+	FloatingIPs *FloatingIPs
 }
 
 // Server serves a driver to the cluster's agents and clients.
@@ -166,6 +169,7 @@ func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, validated(h)) }
 	networkRoutes(route, opts.Networks)
 	balancerRoutes(route, opts.Balancers)
+	floatingRoutes(route, opts.FloatingIPs)
 	preflightRoutes(route, preflight.NewLocal(nil))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errcode.New(errcode.Unimplemented, "the agent's driver does not implement %s %s", r.Method, r.URL.Path))

@@ -46,12 +46,14 @@ import (
 	"github.com/musterkit/muster/drivers/bgp"
 	"github.com/musterkit/muster/drivers/consul"
 	"github.com/musterkit/muster/drivers/haproxy"
+	"github.com/musterkit/muster/drivers/keepalived"
 	"github.com/musterkit/muster/drivers/lvs"
 	"github.com/musterkit/muster/drivers/lxc"
 	"github.com/musterkit/muster/drivers/nginx"
 	"github.com/musterkit/muster/drivers/vxlan"
 	"github.com/musterkit/muster/drivers/wireguard"
 	"github.com/musterkit/muster/errcode"
+	hadriver "github.com/musterkit/muster/ha/driver"
 	lbdriver "github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/memlb"
 	netdriver "github.com/musterkit/muster/network/driver"
@@ -88,7 +90,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 		dir, listen, name, joinURL, token, driverName string
 		publishConsul                                 string
 		ips                                           []net.IP
-		networks, balancers                           []string
+		networks, balancers, floating                 []string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -126,6 +128,14 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 				log.Error("restoring balancers", "err", err)
 			}
 			defer bs.Close()
+			fs, err := openFloatingIPs(ctx, floating, filepath.Join(dir, "floating-ips"), log)
+			if fs == nil {
+				return err
+			}
+			if err != nil {
+				log.Error("restoring floating IPs", "err", err)
+			}
+			defer fs.Close()
 			if a, ok := d.(driver.Autostarter); ok {
 				started, err := a.StartAutostart(ctx)
 				if err != nil {
@@ -146,7 +156,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 				return err
 			}
 			log.Info("serving", "name", creds.Cert.Leaf.Subject.CommonName, "addr", l.Addr(), "driver", driverName, "ca", creds.CAFingerprint)
-			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log, Networks: nets, Balancers: bs}).Serve(ctx, l)
+			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log, Networks: nets, Balancers: bs, FloatingIPs: fs}).Serve(ctx, l)
 			log.Info("stopped")
 			return err
 		},
@@ -161,6 +171,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	f.StringVar(&driverName, "driver", "lxc", "container driver: lxc, or memory (in-memory, for trials)")
 	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: vxlan, wireguard, bgp, or memory (in-memory, every mode)")
 	f.StringVar(&publishConsul, "publish-consul", "", "publish the services of this server's labelled containers (muster.io/service, muster.io/port) to the Consul agent at this host:port")
+	f.StringSliceVar(&floating, "floating-ip", []string{"keepalived"}, "floating-IP speaker kinds to offer: keepalived, or none (an empty value)")
 	f.StringSliceVar(&balancers, "balancer", []string{"haproxy", "nginx", "lvs", "memory"}, "load-balancer kinds to offer, repeatable: haproxy, nginx, lvs, memory")
 	return cmd
 }
@@ -307,6 +318,25 @@ func publish(ctx context.Context, addr, server string, d driver.Driver, log *slo
 	}()
 	log.Info("publishing services", "consul", addr)
 	return func() { cancel(); <-done }, nil
+}
+
+// openFloatingIPs offers the floating-IP speaker kinds named (keepalived,
+// run in this process's network namespace: the server's), with their
+// instances under dir, and applies again those an earlier run kept.
+func openFloatingIPs(ctx context.Context, names []string, dir string, log *slog.Logger) (*agent.FloatingIPs, error) {
+	kinds := map[string]agent.FloatingIPKind{}
+	for _, name := range names {
+		switch name {
+		case "keepalived":
+			kinds[name] = func(ctx context.Context, dir string) (hadriver.Driver, error) {
+				return keepalived.Open(ctx, dir, &keepalived.Options{Logger: log})
+			}
+		case "":
+		default:
+			return nil, fmt.Errorf("unknown floating-IP kind %q: want keepalived", name)
+		}
+	}
+	return agent.OpenFloatingIPs(ctx, dir, kinds, log)
 }
 
 // certIPs returns ips, or the IP of listen if ips is empty and listen
