@@ -69,6 +69,7 @@ import (
 
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/ha/driver"
+	"github.com/musterkit/muster/internal/orphan"
 )
 
 var _ driver.Driver = (*Driver)(nil)
@@ -190,6 +191,10 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 		}
 		d.ownNL = true
 	}
+	// A keepalived of an earlier run whose manager died still speaks for
+	// the group and holds its addresses: end it (its process group), so
+	// that this driver's takes over.
+	orphan.Reap(filepath.Join(dir, PidFile), "keepalived", d.log)
 	return d, nil
 }
 

@@ -292,9 +292,10 @@ func destroy(dir string) error {
 	var errs []error
 	for _, s := range servers {
 		errs = append(errs, lxc.Destroy(s))
-		// Balancers outlive a killed agent: end them by their pid files.
-		for _, kind := range []string{"haproxy", "nginx"} {
-			pids, _ := filepath.Glob(filepath.Join(s, "balancers", "*", kind+".pid"))
+		// Balancers and floating-IP speakers outlive a killed agent: end
+		// them by their pid files.
+		for _, kind := range []string{"haproxy", "nginx", "keepalived"} {
+			pids, _ := filepath.Glob(filepath.Join(s, "*", "*", kind+".pid"))
 			for _, p := range pids {
 				orphan.Reap(p, kind, nil)
 			}
