@@ -23,7 +23,9 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -37,6 +39,7 @@ import (
 	"github.com/musterkit/muster/discovery"
 	"github.com/musterkit/muster/discovery/dnsfront"
 	"github.com/musterkit/muster/discovery/memdiscovery"
+	"github.com/musterkit/muster/ha"
 	"github.com/musterkit/muster/internal/fleet"
 	lbdriver "github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/network"
@@ -234,7 +237,11 @@ func flow(ctx context.Context, e *env) error {
 	if err := table(ctx, cl); err != nil {
 		return err
 	}
-	if err := balance(ctx, e); err != nil {
+	servers, err := balance(ctx, e)
+	if err != nil {
+		return err
+	}
+	if err := highlyAvailable(ctx, e, servers); err != nil {
 		return err
 	}
 	if err := discover(ctx, e); err != nil {
@@ -251,6 +258,86 @@ func labels(name string) map[string]string {
 		l[discovery.LabelService], l[discovery.LabelPort] = "mysql", "3306"
 	}
 	return l
+}
+
+// highlyAvailable deploys, in one call through the agents, a pair of
+// HAProxy balancers on s0 and s1 behind a floating IP (keepalived, 100 ms
+// advertisements) in front of servers, then kills s0's HAProxy: the
+// address moves to s1 and the service stays reachable.
+func highlyAvailable(ctx context.Context, e *env, servers []lbdriver.Server) error {
+	step("high availability: HAProxy on s0 and s1 behind one floating IP (keepalived), deployed in one call")
+	if !e.real {
+		fmt.Println("  (in-memory servers run no keepalived)")
+		return nil
+	}
+	s0, s1 := e.fleet.Servers[0], e.fleet.Servers[1]
+	a4 := s0.Host.Addr.As4()
+	a4[3] = 200
+	vip := netip.AddrFrom4(a4)
+	member := func(s *fleet.Server) ha.PairMember {
+		return ha.PairMember{Name: s.Name, Interface: s.Host.Link, Address: s.Host.Addr,
+			HA: s.Client.FloatingIP("keepalived", "edge"), LB: s.Client.Balancer("haproxy", "edge")}
+	}
+	g, err := ha.DeployPair(ctx, ha.Spec{Name: "edge", VirtualRouterID: 62, Addresses: []netip.Addr{vip}, AdvertInterval: 100 * time.Millisecond},
+		&lbdriver.Config{
+			Frontends: []lbdriver.Frontend{{Name: "http", Protocol: lbdriver.HTTP, Address: "0.0.0.0", Port: 8081, DefaultPool: "web"}},
+			Pools:     []lbdriver.Pool{{Name: "web", Servers: servers}},
+		}, member(s0), member(s1), nil)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	url := fmt.Sprintf("http://%s:8081/", vip)
+	client := &http.Client{Timeout: 500 * time.Millisecond}
+	served := func() (string, bool) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err.Error(), false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.TrimSpace(string(b)), resp.StatusCode == http.StatusOK
+	}
+	waitServed := func() (string, error) {
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if body, ok := served(); ok {
+				return body, nil
+			} else if time.Now().After(deadline) {
+				return "", fmt.Errorf("%s not served: %s", url, body)
+			}
+		}
+	}
+	body, err := waitServed()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  floating IP %v held by %v; GET %s -> %s\n", vip, g.Status(ctx).Holders, url, body)
+	b, err := os.ReadFile(filepath.Join(s0.Dir, "balancers", "edge", "haproxy.pid"))
+	if err != nil {
+		return err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return err
+	}
+	step("killing s0's HAProxy: keepalived's check fails, s1 takes the floating IP over")
+	killed := time.Now()
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if h := g.Status(ctx).Holders; len(h) == 1 && h[0] == s1.Name {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("s1 did not take the floating IP over: holders %v", g.Status(ctx).Holders)
+		}
+	}
+	if body, err = waitServed(); err != nil {
+		return err
+	}
+	fmt.Printf("  floating IP now held by %v, served again after %v; GET -> %s\n", g.Status(ctx).Holders, time.Since(killed).Round(10*time.Millisecond), body)
+	return nil
 }
 
 // discover publishes the labelled containers of s2 into the embedded
@@ -313,26 +400,27 @@ func discover(ctx context.Context, e *env) error {
 }
 
 // balance deploys HAProxy on s2 through its agent, in front of web
-// servers (busybox httpd) in web-1 and web-2, and sends it requests.
-func balance(ctx context.Context, e *env) error {
+// servers (busybox httpd) in web-1 and web-2, sends it requests, and
+// returns the web servers.
+func balance(ctx context.Context, e *env) ([]lbdriver.Server, error) {
 	step("a load balancer: HAProxy deployed on s2 through its agent, in front of web-1 and web-2")
 	if !e.real {
 		fmt.Println("  (in-memory servers run no HAProxy)")
-		return nil
+		return nil, nil
 	}
 	var servers []lbdriver.Server
 	for _, name := range []string{"web-1", "web-2"} {
 		srv, err := e.containers.Server("s1") // both live on s1 now
 		if err != nil {
-			return err
+			return nil, err
 		}
 		script := fmt.Sprintf("mkdir -p /www && echo hello from %s > /www/index.html && httpd -p 8080 -h /www", name)
 		if code, err := srv.Exec(ctx, name, &container.Process{Args: []string{"sh", "-c", script}}); err != nil || code != 0 {
-			return fmt.Errorf("starting httpd in %s: exit %d, %v", name, code, err)
+			return nil, fmt.Errorf("starting httpd in %s: exit %d, %v", name, code, err)
 		}
 		n, err := e.networks.Attach(ctx, demoNetwork, "s1", name)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		servers = append(servers, lbdriver.Server{Name: name, Address: n.Address.Addr().String(), Port: 8080})
 	}
@@ -344,7 +432,7 @@ func balance(ctx context.Context, e *env) error {
 			HealthCheck: &lbdriver.HealthCheck{Type: lbdriver.HTTPCheck, Interval: time.Second}}},
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	url := fmt.Sprintf("http://%s:8080/", s2.Host.Addr)
 	get := func() string {
@@ -361,20 +449,20 @@ func balance(ctx context.Context, e *env) error {
 	}
 	step("draining web-2 through the runtime API (no reload): new requests go to web-1")
 	if err := bal.SetState(ctx, "web", "web-2", lbdriver.Drain); err != nil {
-		return err
+		return nil, err
 	}
 	for range 2 {
 		fmt.Printf("  GET %s -> %s\n", url, get())
 	}
 	st, err := bal.Stats(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	fmt.Println("  SERVER  STATE  WEIGHT  CONNECTIONS")
 	for _, s := range st {
 		fmt.Printf("  %-7s %-6s %-7d %d\n", s.Server, s.State, s.Weight, s.TotalConnections)
 	}
-	return nil
+	return servers, nil
 }
 
 // preflight checks the underlay between every pair of servers for spec
