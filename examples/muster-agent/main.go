@@ -89,6 +89,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	var (
 		dir, listen, name, joinURL, token, driverName string
 		publishConsul                                 string
+		publishEvery                                  time.Duration
 		ips                                           []net.IP
 		networks, balancers, floating                 []string
 	)
@@ -145,7 +146,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 				}
 			}
 			if publishConsul != "" {
-				stop, err := publish(ctx, publishConsul, creds.Cert.Leaf.Subject.CommonName, d, log)
+				stop, err := publish(ctx, publishConsul, publishEvery, creds.Cert.Leaf.Subject.CommonName, d, log)
 				if err != nil {
 					return err
 				}
@@ -171,6 +172,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	f.StringVar(&driverName, "driver", "lxc", "container driver: lxc, or memory (in-memory, for trials)")
 	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: vxlan, wireguard, bgp, or memory (in-memory, every mode)")
 	f.StringVar(&publishConsul, "publish-consul", "", "publish the services of this server's labelled containers (muster.io/service, muster.io/port) to the Consul agent at this host:port")
+	f.DurationVar(&publishEvery, "publish-interval", 10*time.Second, "how often --publish-consul syncs; a dead agent's services expire after three of these")
 	f.StringSliceVar(&floating, "floating-ip", []string{"keepalived"}, "floating-IP speaker kinds to offer: keepalived, or none (an empty value)")
 	f.StringSliceVar(&balancers, "balancer", []string{"haproxy", "nginx", "lvs", "memory"}, "load-balancer kinds to offer, repeatable: haproxy, nginx, lvs, memory")
 	return cmd
@@ -298,25 +300,38 @@ func openBalancers(ctx context.Context, names []string, dir string, log *slog.Lo
 
 // publish keeps the services of the server's labelled containers
 // registered in the Consul agent at addr until the returned stop is
-// called, which withdraws them.
-func publish(ctx context.Context, addr, server string, d driver.Driver, log *slog.Logger) (stop func(), err error) {
-	c, err := consul.Open(ctx, &consul.Options{Address: addr})
-	if err != nil {
-		return nil, err
-	}
-	p, err := discovery.NewPublisher(discovery.New(c, &discovery.Options{Logger: log}), server, container.NewServer(d, nil), &discovery.PublisherOptions{Logger: log})
-	if err != nil {
-		return nil, err
+// called, which withdraws them. An unreachable Consul is retried, so that
+// the agent serves meanwhile.
+func publish(ctx context.Context, addr string, every time.Duration, server string, d driver.Driver, log *slog.Logger) (stop func(), err error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, fmt.Errorf("--publish-consul %q: %w", addr, err)
 	}
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := p.Run(pctx); err != nil {
-			log.Error("withdrawing published services", "err", err)
+		for {
+			c, err := consul.Open(pctx, &consul.Options{Address: addr})
+			if err == nil {
+				p, err := discovery.NewPublisher(discovery.New(c, &discovery.Options{Logger: log}), server, container.NewServer(d, nil), &discovery.PublisherOptions{Interval: every, Logger: log})
+				if err != nil {
+					log.Error("publishing services", "err", err)
+					return
+				}
+				log.Info("publishing services", "consul", addr)
+				if err := p.Run(pctx); err != nil {
+					log.Error("withdrawing published services", "err", err)
+				}
+				return
+			}
+			log.Warn("publishing services: consul not reachable; retrying", "consul", addr, "err", err)
+			select {
+			case <-pctx.Done():
+				return
+			case <-time.After(5 * time.Second):
+			}
 		}
 	}()
-	log.Info("publishing services", "consul", addr)
 	return func() { cancel(); <-done }, nil
 }
 

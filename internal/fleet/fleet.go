@@ -76,6 +76,9 @@ type Server struct {
 	Addr string // the agent's host:port
 	// Client is the orchestrator's connection to the agent.
 	Client *agent.Client
+	// ExtraArgs are more arguments for `muster-agent serve`, taken from
+	// the next start (Restart) on.
+	ExtraArgs []string
 
 	fleet *Fleet
 	mu    sync.Mutex
@@ -180,7 +183,7 @@ func (s *Server) start(ctx context.Context, joinArgs ...string) error {
 	for _, n := range s.fleet.opts.Networks {
 		args = append(args, "--network", n)
 	}
-	args = append(args, joinArgs...)
+	args = append(append(args, s.ExtraArgs...), joinArgs...)
 	cmd := s.Host.Command(context.WithoutCancel(ctx), s.fleet.opts.AgentBinary, args...)
 	cmd.Stdout, cmd.Stderr = s.fleet.opts.AgentLog, s.fleet.opts.AgentLog
 	if cmd.Stderr == nil {
