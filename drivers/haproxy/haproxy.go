@@ -50,12 +50,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/google/renameio/v2"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/daemon"
 	"github.com/musterkit/muster/internal/orphan"
 	"github.com/musterkit/muster/lb/driver"
 )
@@ -100,15 +100,9 @@ type Driver struct {
 	mu      sync.Mutex
 	cfg     *driver.Config // in force, normalized
 	text    string         // the rendered configuration in force
-	proc    *process
+	proc    *daemon.Process
 	reloads int
 	closed  bool
-}
-
-type process struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the master exited
-	err  error
 }
 
 // Open returns a driver for an instance kept in dir (created if missing,
@@ -173,22 +167,12 @@ func (d *Driver) Pid() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.running() {
-		return d.proc.cmd.Process.Pid
+		return d.proc.Pid()
 	}
 	return 0
 }
 
-func (d *Driver) running() bool {
-	if d.proc == nil {
-		return false
-	}
-	select {
-	case <-d.proc.done:
-		return false
-	default:
-		return true
-	}
-}
+func (d *Driver) running() bool { return d.proc != nil && d.proc.Running() }
 
 func (d *Driver) usable() error {
 	if d.closed {
@@ -337,22 +321,17 @@ func (d *Driver) start(ctx context.Context) error {
 		"-f", filepath.Join(d.dir, ConfigFile), "-p", filepath.Join(d.dir, PidFile))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = d.dir
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Setpgid = true // a signal to the test's group is not ours
-	if err := cmd.Start(); err != nil {
+	p, err := daemon.Start(cmd)
+	if err != nil {
 		return errcode.Wrap(errcode.Unavailable, err)
 	}
-	p := &process{cmd: cmd, done: make(chan struct{})}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
 	d.proc = p
 	deadline := time.Now().Add(d.wait)
 	for {
 		select {
-		case <-p.done:
+		case <-p.Done():
 			d.proc = nil
-			return errcode.New(errcode.FailedPrecondition, "haproxy exited at start (%v): %s", p.err, d.tail())
+			return errcode.New(errcode.FailedPrecondition, "haproxy exited at start (%v): %s", p.Err(), d.tail())
 		case <-ctx.Done():
 			d.stop()
 			return ctx.Err()
@@ -422,7 +401,7 @@ func (d *Driver) reload(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-d.proc.done:
+		case <-d.proc.Done():
 			return errcode.New(errcode.Unavailable, "haproxy exited during a reload: %s", d.tail())
 		case <-time.After(10 * time.Millisecond):
 		}
@@ -730,41 +709,13 @@ func serverState(s string) driver.ServerState {
 	return driver.Up
 }
 
-// stop ends the master (SIGTERM, then SIGKILL after 5s), by its pid.
+// stop ends the master (SIGTERM; after 5s SIGKILL to it and its workers,
+// its process group).
 func (d *Driver) stop() {
-	p := d.proc
-	if p == nil {
-		return
+	if d.proc != nil {
+		d.proc.Stop(5 * time.Second)
+		d.proc = nil
 	}
-	d.proc = nil
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		workers, _ := d.workerPids()
-		p.cmd.Process.Kill()
-		for _, w := range workers {
-			syscall.Kill(w, syscall.SIGKILL)
-		}
-		<-p.done
-	}
-}
-
-// workerPids returns the pids of the current and old workers.
-func (d *Driver) workerPids() ([]int, error) {
-	out, err := d.master("show proc")
-	if err != nil {
-		return nil, err
-	}
-	var pids []int
-	for l := range strings.SplitSeq(out, "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[1] == "worker" {
-			if pid, err := strconv.Atoi(f[0]); err == nil {
-				pids = append(pids, pid)
-			}
-		}
-	}
-	return pids, nil
 }
 
 // Close implements driver.Driver: it stops HAProxy. The directory stays.

@@ -56,6 +56,7 @@ import (
 	"github.com/google/renameio/v2"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/daemon"
 	"github.com/musterkit/muster/internal/orphan"
 	"github.com/musterkit/muster/lb/driver"
 )
@@ -91,15 +92,9 @@ type Driver struct {
 	mu      sync.Mutex
 	cfg     *driver.Config
 	text    string
-	proc    *process
+	proc    *daemon.Process
 	reloads int
 	closed  bool
-}
-
-type process struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
 }
 
 // Open returns a driver for an instance kept in dir (created if missing).
@@ -183,22 +178,12 @@ func (d *Driver) Pid() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.running() {
-		return d.proc.cmd.Process.Pid
+		return d.proc.Pid()
 	}
 	return 0
 }
 
-func (d *Driver) running() bool {
-	if d.proc == nil {
-		return false
-	}
-	select {
-	case <-d.proc.done:
-		return false
-	default:
-		return true
-	}
-}
+func (d *Driver) running() bool { return d.proc != nil && d.proc.Running() }
 
 func (d *Driver) usable() error {
 	if d.closed {
@@ -317,23 +302,18 @@ func (d *Driver) start(ctx context.Context) error {
 	}
 	defer logf.Close()
 	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, d.dir
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Setpgid = true
-	if err := cmd.Start(); err != nil {
+	p, err := daemon.Start(cmd)
+	if err != nil {
 		return errcode.Wrap(errcode.Unavailable, err)
 	}
-	p := &process{cmd: cmd, done: make(chan struct{})}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
 	d.proc = p
 	pid := cmd.Process.Pid
 	deadline := time.Now().Add(d.wait)
 	for {
 		select {
-		case <-p.done:
+		case <-p.Done():
 			d.proc = nil
-			return errcode.New(errcode.FailedPrecondition, "nginx exited at start (%v): %s", p.err, d.tail())
+			return errcode.New(errcode.FailedPrecondition, "nginx exited at start (%v): %s", p.Err(), d.tail())
 		case <-ctx.Done():
 			d.stop()
 			return ctx.Err()
@@ -353,14 +333,14 @@ func (d *Driver) start(ctx context.Context) error {
 
 // reload sends SIGHUP and waits for the master to start new workers.
 func (d *Driver) reload(ctx context.Context) error {
-	pid := d.proc.cmd.Process.Pid
+	pid := d.proc.Pid()
 	before := children(pid)
 	logPath := filepath.Join(d.dir, ErrorLog)
 	var offset int64
 	if fi, err := os.Stat(logPath); err == nil {
 		offset = fi.Size()
 	}
-	if err := d.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := d.proc.Signal(syscall.SIGHUP); err != nil {
 		return errcode.Wrap(errcode.Unavailable, err)
 	}
 	deadline := time.Now().Add(d.wait)
@@ -390,7 +370,7 @@ func (d *Driver) reload(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-d.proc.done:
+		case <-d.proc.Done():
 			return errcode.New(errcode.Unavailable, "nginx exited during a reload: %s", d.tail())
 		case <-time.After(5 * time.Millisecond):
 		}
@@ -515,23 +495,11 @@ func (d *Driver) Stats(ctx context.Context) ([]driver.ServerStats, error) {
 }
 
 // stop ends the master (SIGTERM, fast shutdown; after 5s SIGKILL to it
-// and its workers), by pid.
+// and its workers, its process group).
 func (d *Driver) stop() {
-	p := d.proc
-	if p == nil {
-		return
-	}
-	d.proc = nil
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		workers := children(p.cmd.Process.Pid)
-		p.cmd.Process.Kill()
-		for _, w := range workers {
-			syscall.Kill(w, syscall.SIGKILL)
-		}
-		<-p.done
+	if d.proc != nil {
+		d.proc.Stop(5 * time.Second)
+		d.proc = nil
 	}
 }
 
