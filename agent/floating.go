@@ -56,9 +56,9 @@ func floatingRoutes(route func(string, http.HandlerFunc), fs *FloatingIPs) {
 		return nil, fs.Remove(r.Context(), r.PathValue("name"))
 	}))
 	route("GET /v1/floating-ips/{name}/{kind}/status", reply(func(r *http.Request) (*hadriver.Status, error) {
-		d, err := fs.Driver(r.Context(), r.PathValue("name"), r.PathValue("kind"))
-		if err != nil {
-			return nil, err
+		d, ok := fs.Running(r.PathValue("name"))
+		if !ok { // nothing to ask: a group never applied here is stopped
+			return &hadriver.Status{State: hadriver.Stopped}, nil
 		}
 		return d.Status(r.Context())
 	}))

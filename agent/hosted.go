@@ -197,6 +197,17 @@ func (h *Hosted[D, C]) Do(ctx context.Context, name string, fn func(D) error) er
 	return h.save(ctx, name, in)
 }
 
+// Running returns instance name's driver if it runs.
+func (h *Hosted[D, C]) Running(name string) (D, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if in := h.running[name]; in != nil {
+		return in.d, true
+	}
+	var zero D
+	return zero, false
+}
+
 // Driver returns instance name's driver, opening one of kind if none
 // runs (unconfigured and not kept until Deploy configures it), for calls
 // that do not change it and may come first, like a watch. Its kind must
