@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"reflect"
@@ -162,9 +163,20 @@ func (c *Cluster) snapshot() map[string]*Server {
 	return maps.Clone(c.servers)
 }
 
+// ImageEvent reports the progress of an image copy.
+type ImageEvent struct {
+	Image    string
+	From, To string
+	// Bytes of the image's blob streamed to the target so far, of Total
+	// (the manifest's size). The last event has Bytes == Total.
+	Bytes, Total int64
+}
+
 // CopyImage copies an image from one server's store to another's unless
-// the target already holds it.
-func (c *Cluster) CopyImage(ctx context.Context, ref, from, to string) (*image.Manifest, error) {
+// the target already holds it (then no event is reported). progress, if
+// not nil, receives events from the copying goroutine as the blob streams;
+// it must not block for long.
+func (c *Cluster) CopyImage(ctx context.Context, ref, from, to string, progress func(ImageEvent)) (*image.Manifest, error) {
 	src, dst, err := c.pair(from, to)
 	if err != nil {
 		return nil, fmt.Errorf("copy image %q: %w", ref, err)
@@ -181,7 +193,27 @@ func (c *Cluster) CopyImage(ctx context.Context, ref, from, to string) (*image.M
 		return nil, err
 	}
 	defer blob.Close()
-	return dst.PutImage(ctx, m, blob)
+	var r io.Reader = blob
+	if progress != nil {
+		r = &imageProgress{r: blob, report: progress, ev: ImageEvent{Image: m.Name, From: from, To: to, Total: m.Size}}
+	}
+	return dst.PutImage(ctx, m, r)
+}
+
+// imageProgress reports the bytes read through it.
+type imageProgress struct {
+	r      io.Reader
+	report func(ImageEvent)
+	ev     ImageEvent
+}
+
+func (p *imageProgress) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.ev.Bytes += int64(n)
+		p.report(p.ev)
+	}
+	return n, err
 }
 
 func (c *Cluster) pair(from, to string) (*Server, *Server, error) {

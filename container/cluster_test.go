@@ -229,8 +229,25 @@ func TestTransferRejects(t *testing.T) {
 	if _, err := b.Create(ctx, &container.Spec{Name: "web", Image: "base"}); !errors.Is(err, errcode.NotFound) {
 		t.Fatalf("b has no image yet, create: %v", err)
 	}
-	if _, err := cl.CopyImage(ctx, "base", "a", "b"); err != nil {
+	var events []container.ImageEvent
+	m, err := cl.CopyImage(ctx, "base", "a", "b", func(e container.ImageEvent) { events = append(events, e) })
+	if err != nil {
 		t.Fatal(err)
+	}
+	if len(events) == 0 {
+		t.Fatal("no progress events")
+	}
+	for i, e := range events {
+		if e.Image != "base" || e.From != "a" || e.To != "b" || e.Total != m.Size || (i > 0 && e.Bytes <= events[i-1].Bytes) {
+			t.Fatalf("event %d: %+v", i, e)
+		}
+	}
+	if last := events[len(events)-1]; last.Bytes != m.Size {
+		t.Fatalf("last event %+v, want all %d bytes", last, m.Size)
+	}
+	again := 0
+	if _, err := cl.CopyImage(ctx, "base", "a", "b", func(container.ImageEvent) { again++ }); err != nil || again != 0 {
+		t.Fatalf("copying an image the target holds: %v, %d events", err, again)
 	}
 	if _, err := b.Create(ctx, &container.Spec{Name: "web", Image: "base"}); err != nil {
 		t.Fatal(err)

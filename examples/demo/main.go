@@ -151,10 +151,16 @@ func flow(ctx context.Context, e *env) error {
 	}
 	fmt.Printf("  base  %s  %.1f MiB\n", base.Digest[:19], float64(base.Size)/(1<<20))
 
-	step("distributing the image to every server")
-	for _, s := range cl.Servers(ctx) {
-		srv, _ := cl.Server(s.Name)
-		if err := putImage(ctx, store, srv, s.Name); err != nil {
+	step("distributing the image: to s0, then from s0 to the other servers")
+	s0, _ := cl.Server("s0")
+	if err := putImage(ctx, store, s0, "s0"); err != nil {
+		return err
+	}
+	for _, to := range []string{"s1", "s2"} {
+		bar := progressbar.DefaultBytes(base.Size, "  base s0 -> "+to)
+		_, err := cl.CopyImage(ctx, "base", "s0", to, func(ev container.ImageEvent) { bar.Set64(ev.Bytes) })
+		bar.Finish()
+		if err != nil {
 			return err
 		}
 	}
@@ -201,7 +207,6 @@ func flow(ctx context.Context, e *env) error {
 	}
 
 	step("exec in web-1: write a file, read the hostname")
-	s0, _ := cl.Server("s0")
 	if err := exec(ctx, s0, "web-1", "state written on s0\n", "tee", "/root/state"); err != nil {
 		return err
 	}
