@@ -66,10 +66,26 @@ func freePorts(t testing.TB, ip string, n int) []int {
 // StartDev runs `consul agent -dev` whose HTTP API listens on ip (an
 // address of the calling process's namespace, "127.0.0.1" for loopback)
 // until the test ends, waits until it has a leader, and returns the API's
-// host:port. The agent is killed with the test process if that dies.
+// host:port. The agent is killed with the test process if that dies. An
+// agent that exits at start (a port chosen free was taken meanwhile by
+// another test) is started again on other ports, up to three times.
 func StartDev(t testing.TB, ip string) string {
 	t.Helper()
 	Require(t)
+	for attempt := 1; ; attempt++ {
+		addr, log, ok := startDev(t, ip)
+		if ok {
+			return addr
+		}
+		if attempt == 3 {
+			t.Fatalf("consul at %s did not come up:\n%s", addr, log.String())
+		}
+	}
+}
+
+// startDev makes one attempt of StartDev: it reports false if the agent
+// exited before it had a leader.
+func startDev(t testing.TB, ip string) (string, *Log, bool) {
 	p := freePorts(t, ip, 4)
 	cmd := exec.Command("consul", "agent", "-dev", "-bind", ip, "-client", ip,
 		"-node", fmt.Sprintf("dev%d", p[0]), "-http-port", fmt.Sprint(p[0]), "-dns-port", "-1", "-grpc-port", "-1",
@@ -77,31 +93,40 @@ func StartDev(t testing.TB, ip string) string {
 	log := &Log{}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	addr := net.JoinHostPort(ip, fmt.Sprint(p[0]))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() {
 		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-exited:
 		case <-time.After(10 * time.Second):
 			cmd.Process.Kill()
-			<-done
+			<-exited
 		}
-		if t.Failed() {
-			t.Logf("consul logged:\n%s", log.String())
-		}
-	})
-	addr := net.JoinHostPort(ip, fmt.Sprint(p[0]))
+	}
 	client := &http.Client{Timeout: time.Second}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		select {
+		case <-exited:
+			return addr, log, false
+		default:
+		}
 		if leaderKnown(context.Background(), client, addr) {
-			return addr
+			t.Cleanup(func() {
+				stop()
+				if t.Failed() {
+					t.Logf("consul logged:\n%s", log.String())
+				}
+			})
+			return addr, log, true
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("consul at %s has no leader after 30s:\n%s", addr, log.String())
+			stop()
+			return addr, log, false
 		}
 	}
 }
