@@ -2,9 +2,7 @@ package keepalived_test
 
 import (
 	"errors"
-	"flag"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -14,9 +12,8 @@ import (
 	"github.com/musterkit/muster/drivers/keepalived"
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/ha/driver"
+	"github.com/musterkit/muster/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // goldenDir is the instance directory golden files are rendered for.
 const goldenDir = "/run/muster-golden"
@@ -55,19 +52,7 @@ func TestRenderGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden := filepath.Join("testdata", name+".conf")
-			if *update {
-				if err := os.WriteFile(golden, []byte(text), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run go test -update to create it)", err)
-			}
-			if text != string(want) {
-				t.Fatalf("Render differs from %s (go test -update rewrites it):\n%s", golden, text)
-			}
+			golden.Check(t, filepath.Join("testdata", name+".conf"), []byte(text))
 			checkGrammar(t, text)
 		})
 	}

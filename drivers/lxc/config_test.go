@@ -2,9 +2,7 @@ package lxc
 
 import (
 	"errors"
-	"flag"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -12,9 +10,8 @@ import (
 
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 var (
 	hybrid = cgroupLayout{Memory: cgroupV1, CPU: cgroupV1, CPUAcct: cgroupV1, Pids: cgroupV1, Devices: cgroupV1}
@@ -51,19 +48,7 @@ func TestRenderConfigGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden := filepath.Join("testdata", tc.file)
-			if *update {
-				if err := os.WriteFile(golden, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if string(got) != string(want) {
-				t.Errorf("renderConfig differs from %s (run with -update to accept):\n%s", golden, got)
-			}
+			golden.Check(t, filepath.Join("testdata", tc.file), got)
 		})
 	}
 }

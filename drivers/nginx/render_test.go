@@ -2,7 +2,6 @@ package nginx_test
 
 import (
 	"errors"
-	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,12 +11,11 @@ import (
 
 	"github.com/musterkit/muster/drivers/nginx"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/golden"
 	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/drivertest"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // goldenDir is the instance directory golden files are rendered for.
 const goldenDir = "/run/muster-golden"
@@ -29,19 +27,7 @@ func TestRenderGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden := filepath.Join("testdata", name+".conf")
-			if *update {
-				if err := os.WriteFile(golden, []byte(r.Config), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run go test -update to create it)", err)
-			}
-			if r.Config != string(want) {
-				t.Fatalf("Render differs from %s (go test -update rewrites it):\n%s", golden, r.Config)
-			}
+			golden.Check(t, filepath.Join("testdata", name+".conf"), []byte(r.Config))
 			checkGrammar(t, r.Config)
 		})
 	}
