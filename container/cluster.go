@@ -9,6 +9,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -251,7 +252,9 @@ type Event struct {
 	// far, as the streaming process counts them: the caller (Relay), the
 	// source (Push) or the target (Pull).
 	Bytes int64
-	Err   error // set on PhaseRollback
+	// Err is set on PhaseRollback, and on the PhaseDone of a committed
+	// Move that did not finish cleanly.
+	Err error
 }
 
 // TransferMode says which process streams a container between servers.
@@ -296,26 +299,69 @@ type TransferOptions struct {
 	// Progress receives events from the transferring goroutine; it must
 	// not block for long.
 	Progress func(Event)
+	// FinishTimeout bounds the steps that ignore the caller's
+	// cancellation: a Move's steps after its commit, and the rollback of
+	// a failed transfer. They retry an unreachable server until then
+	// (DefaultFinishTimeout if zero).
+	FinishTimeout time.Duration
 }
 
 // Copy puts a copy of a container on another server, leaving the source
 // in place: a running source is stopped for the transfer and started again
-// after, and the copy is started if the source was running. On any failure
-// the target is cleaned up and the source is left as it was. Only the
-// streaming step depends on TransferOptions.Mode.
+// after, and the copy is started if the source was running. Copy is
+// all-or-nothing: on any failure the target's copy is deleted and the
+// source is left as it was (see TransferError). Only the streaming step
+// depends on TransferOptions.Mode.
 func (c *Cluster) Copy(ctx context.Context, name, from, to string, opts *TransferOptions) (*Info, error) {
 	return c.transfer(ctx, name, from, to, opts, false)
 }
 
 // Move moves a container to another server: stop, stream, import, start
-// on the target if it was running, then delete the source. On any failure
-// the target is cleaned up and the source is restored as it was, running
-// if it ran.
+// on the target if it was running, then delete the source.
+//
+// A move commits when the target holds a complete copy (the import
+// succeeded). A failure before that undoes it: the target's copy is
+// deleted and the source restored as it was, running if it ran. From the
+// commit on nothing deletes the target's copy and cancelling ctx no longer
+// undoes anything: starting the target and deleting the source run to
+// their end, bounded by TransferOptions.FinishTimeout, and a failure of either is reported
+// as a *TransferError whose At is the target. errors.As(err, &te) tells
+// where the container is whatever happened.
 func (c *Cluster) Move(ctx context.Context, name, from, to string, opts *TransferOptions) (*Info, error) {
 	return c.transfer(ctx, name, from, to, opts, true)
 }
 
-func (c *Cluster) transfer(ctx context.Context, name, from, to string, opts *TransferOptions, move bool) (info *Info, err error) {
+// DefaultFinishTimeout is TransferOptions.FinishTimeout's default.
+const DefaultFinishTimeout = time.Minute
+
+// TransferError is the error of a Copy or Move that failed after it began
+// changing servers. It says where the container is.
+type TransferError struct {
+	Op        string // "copy" or "move"
+	Container string
+	From, To  string
+	// At is the server that holds the container now: From when the
+	// transfer was undone, To when a move had committed.
+	At string
+	// Leftover names the other server when it may still hold a copy that
+	// could not be removed (a target the rollback could not reach, or the
+	// source a committed move could not delete); empty when it holds none.
+	Leftover string
+	// Err is the failure; its errcode is the transfer's.
+	Err error
+}
+
+func (e *TransferError) Error() string {
+	msg := fmt.Sprintf("%s container %q from %q to %q: %v; the container is on %q", e.Op, e.Container, e.From, e.To, e.Err, e.At)
+	if e.Leftover != "" {
+		msg += fmt.Sprintf(", and %q may still hold a copy of it: delete that one", e.Leftover)
+	}
+	return msg
+}
+
+func (e *TransferError) Unwrap() error { return e.Err }
+
+func (c *Cluster) transfer(ctx context.Context, name, from, to string, opts *TransferOptions, move bool) (*Info, error) {
 	op := "copy"
 	if move {
 		op = "move"
@@ -333,24 +379,32 @@ func (c *Cluster) transfer(ctx context.Context, name, from, to string, opts *Tra
 	if err != nil {
 		return nil, fmt.Errorf("%s container %q: %w", op, name, err)
 	}
-	t := &transfer{c: c, name: name, from: from, to: to, src: src, dst: dst, opts: o}
+	t := &transfer{c: c, op: op, name: name, from: from, to: to, src: src, dst: dst, opts: o, target: name}
+	if o.Rename != "" {
+		t.target = o.Rename
+	}
 	if t.stream, err = t.streamer(); err != nil {
 		return nil, fmt.Errorf("%s container %q from %q to %q: %w", op, name, from, to, err)
 	}
-	info, err = t.run(ctx, move)
+	wasRunning, err := t.check(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s container %q from %q to %q: %w", op, name, from, to, err)
 	}
-	return info, nil
+	if move {
+		return t.move(ctx, wasRunning)
+	}
+	return t.copy(ctx, wasRunning)
 }
 
 // transfer is one Copy or Move in progress.
 type transfer struct {
-	c              *Cluster
-	name, from, to string
-	src, dst       *Server
-	opts           TransferOptions
-	bytes          atomic.Int64 // archive bytes streamed so far (see Event.Bytes)
+	c                  *Cluster
+	op, name, from, to string
+	target             string // the container's name on the target
+	src, dst           *Server
+	opts               TransferOptions
+	bytes              atomic.Int64 // archive bytes streamed so far (see Event.Bytes)
+	streamed           bool         // the target may hold some of the container
 	// stream streams the stopped source to the target, named target
 	// there, in the transfer's mode.
 	stream func(ctx context.Context, target string) error
@@ -364,88 +418,193 @@ func (t *transfer) emit(phase Phase, err error) {
 	}
 }
 
-func (t *transfer) run(ctx context.Context, move bool) (_ *Info, err error) {
+// check returns whether the source runs, and refuses a frozen source or
+// a target that already has the name. It changes nothing.
+func (t *transfer) check(ctx context.Context) (wasRunning bool, err error) {
 	before, err := t.src.Get(ctx, t.name)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	if before.State == Frozen {
-		return nil, errcode.New(errcode.FailedPrecondition, "container is frozen; unfreeze it first")
+		return false, errcode.New(errcode.FailedPrecondition, "container is frozen; unfreeze it first")
 	}
-	wasRunning := before.State == Running
-	target := t.name
-	if t.opts.Rename != "" {
-		target = t.opts.Rename
-	}
-	if _, err := t.dst.Get(ctx, target); err == nil {
-		return nil, errcode.New(errcode.AlreadyExists, "the target already has a container %q", target)
+	if _, err := t.dst.Get(ctx, t.target); err == nil {
+		return false, errcode.New(errcode.AlreadyExists, "the target already has a container %q", t.target)
 	} else if !errors.Is(err, errcode.NotFound) {
-		return nil, err
+		return false, err
 	}
+	return before.State == Running, nil
+}
 
-	// Once streaming began the target may hold a partial or complete
-	// copy; the import itself guarantees nothing half-created, and the
-	// rollback deletes a complete one.
-	streamed := false
-	defer func() {
-		if err == nil {
-			return
-		}
-		t.emit(PhaseRollback, err)
-		// Undo with a context of its own: ctx may be what failed.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		if streamed {
-			if e := t.dst.Stop(rctx, target, t.opts.StopTimeout); e != nil && !errors.Is(e, errcode.NotFound) {
-				err = errors.Join(err, fmt.Errorf("rollback: %w", e))
-			}
-			if e := t.dst.Delete(rctx, target); e != nil && !errors.Is(e, errcode.NotFound) {
-				err = errors.Join(err, fmt.Errorf("rollback: %w", e))
-			}
-		}
-		if wasRunning {
-			if info, e := t.src.Get(rctx, t.name); e == nil && info.State == Stopped {
-				if e := t.src.Start(rctx, t.name); e != nil {
-					err = errors.Join(err, fmt.Errorf("rollback: restart source: %w", e))
-				}
-			}
-		}
-	}()
-
+// copyToTarget stops the source if it runs and streams it to the target.
+// On success the target holds a complete, stopped copy.
+func (t *transfer) copyToTarget(ctx context.Context, wasRunning bool) error {
 	if wasRunning {
 		t.emit(PhaseStop, nil)
 		if err := t.src.Stop(ctx, t.name, t.opts.StopTimeout); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	t.emit(PhaseTransfer, nil)
-	streamed = true
-	if err := t.stream(ctx, target); err != nil {
-		return nil, err
-	}
-	if wasRunning {
+	t.streamed = true
+	return t.stream(ctx, t.target)
+}
+
+func (t *transfer) copy(ctx context.Context, wasRunning bool) (*Info, error) {
+	err := t.copyToTarget(ctx, wasRunning)
+	if err == nil && wasRunning {
 		t.emit(PhaseStart, nil)
-		if err := t.dst.Start(ctx, target); err != nil {
-			return nil, err
+		err = t.dst.Start(ctx, t.target)
+		if err == nil {
+			if err = t.src.Start(ctx, t.name); err != nil {
+				err = fmt.Errorf("restart source: %w", err)
+			}
 		}
 	}
-	if move {
-		t.emit(PhaseCleanup, nil)
-		if err := t.src.Delete(ctx, t.name); err != nil {
-			return nil, err
-		}
-		wasRunning = false // the source is gone by design; nothing to restart
-	} else if wasRunning {
-		if err := t.src.Start(ctx, t.name); err != nil {
-			return nil, fmt.Errorf("restart source: %w", err)
-		}
+	var info *Info
+	if err == nil {
+		info, err = t.dst.Get(ctx, t.target)
 	}
-	info, err := t.dst.Get(ctx, target)
 	if err != nil {
-		return nil, err
+		return nil, t.rollback(ctx, err, wasRunning)
 	}
 	t.emit(PhaseDone, nil)
 	return info, nil
+}
+
+func (t *transfer) move(ctx context.Context, wasRunning bool) (*Info, error) {
+	if err := t.copyToTarget(ctx, wasRunning); err != nil {
+		return nil, t.rollback(ctx, err, wasRunning)
+	}
+	// Committed: the target holds the one copy that counts. Finish
+	// whatever the caller's context does, and never delete the target.
+	var errs []error
+	startErr := error(nil)
+	if wasRunning {
+		t.emit(PhaseStart, nil)
+		startErr = t.finish(ctx, func(ctx context.Context) error { return ensureRunning(ctx, t.dst, t.target) })
+		if startErr != nil {
+			errs = append(errs, fmt.Errorf("moved, but starting it on the target failed: %w", startErr))
+		}
+	}
+	t.emit(PhaseCleanup, nil)
+	leftover := ""
+	if err := t.finish(ctx, func(ctx context.Context) error { return t.src.Delete(ctx, t.name) }); err != nil && !errors.Is(err, errcode.NotFound) {
+		errs = append(errs, fmt.Errorf("moved, but deleting the source failed: %w", err))
+		leftover = t.from
+	}
+	var info *Info
+	if startErr == nil { // else the target's state is known well enough
+		err := t.finish(ctx, func(ctx context.Context) (err error) { info, err = t.dst.Get(ctx, t.target); return err })
+		if err != nil {
+			errs = append(errs, fmt.Errorf("moved, but reading its state on the target failed: %w", err))
+		}
+	}
+	if err := joinErrors(errs...); err != nil {
+		t.emit(PhaseDone, err)
+		return nil, t.fail(err, t.to, leftover)
+	}
+	t.emit(PhaseDone, nil)
+	return info, nil
+}
+
+// rollback undoes a transfer that failed before its commit: it deletes
+// whatever the target holds of the container and restarts the source if
+// it ran. It runs with a context of its own, since ctx may be what failed.
+func (t *transfer) rollback(ctx context.Context, cause error, wasRunning bool) error {
+	t.emit(PhaseRollback, cause)
+	errs := []error{cause}
+	leftover := ""
+	if t.streamed {
+		if err := t.finish(ctx, t.removeTarget); err != nil && !errors.Is(err, errcode.NotFound) {
+			errs = append(errs, fmt.Errorf("rollback: %w", err))
+			leftover = t.to
+		}
+	}
+	if wasRunning {
+		if err := t.finish(ctx, func(ctx context.Context) error { return ensureRunning(ctx, t.src, t.name) }); err != nil {
+			errs = append(errs, fmt.Errorf("rollback: restart source: %w", err))
+		}
+	}
+	return t.fail(joinErrors(errs...), t.from, leftover)
+}
+
+// removeTarget stops and deletes the target's copy.
+func (t *transfer) removeTarget(ctx context.Context) error {
+	if err := t.dst.Stop(ctx, t.target, t.opts.StopTimeout); err != nil {
+		return err
+	}
+	return t.dst.Delete(ctx, t.target)
+}
+
+// ensureRunning starts the container on s unless it runs.
+func ensureRunning(ctx context.Context, s *Server, name string) error {
+	info, err := s.Get(ctx, name)
+	if err != nil || info.State == Running {
+		return err
+	}
+	return s.Start(ctx, name)
+}
+
+// errorList is errors joined on one line.
+type errorList []error
+
+// joinErrors joins the non-nil errs on one line; nil if there are none.
+func joinErrors(errs ...error) error {
+	var l errorList
+	for _, err := range errs {
+		if err != nil {
+			l = append(l, err)
+		}
+	}
+	if len(l) == 0 {
+		return nil
+	}
+	return l
+}
+
+func (l errorList) Error() string {
+	msgs := make([]string, len(l))
+	for i, err := range l {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (l errorList) Unwrap() []error { return l }
+
+// finish runs f, a step that ignores the caller's cancellation, until
+// it returns anything but errcode.Unavailable or FinishTimeout passes.
+func (t *transfer) finish(ctx context.Context, f func(context.Context) error) error {
+	d := t.opts.FinishTimeout
+	if d <= 0 {
+		d = DefaultFinishTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d)
+	defer cancel()
+	return retry(ctx, func() error { return f(ctx) })
+}
+
+// retry calls f until it returns anything but errcode.Unavailable, or ctx
+// ends; it returns f's last error.
+func retry(ctx context.Context, f func() error) error {
+	wait := 50 * time.Millisecond
+	for {
+		err := f()
+		if errcode.Of(err) != errcode.Unavailable {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+func (t *transfer) fail(err error, at, leftover string) error {
+	return &TransferError{Op: t.op, Container: t.name, From: t.from, To: t.to, At: at, Leftover: leftover, Err: err}
 }
 
 // streamer returns the stream function of the transfer's mode, or

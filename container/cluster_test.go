@@ -23,7 +23,7 @@ import (
 type peered struct {
 	*memcontainer.Driver
 	endpoint  string
-	network   map[string]*peered
+	network   map[string]driver.Transferer
 	failAfter int64
 }
 
@@ -55,16 +55,29 @@ var (
 // fails imports), with the base image on a, and a running container "web"
 // holding /root/data on a.
 func newCluster(t *testing.T) (*container.Cluster, []byte) {
+	return newClusterOf(t, func(p *peered) peer {
+		if p.endpoint == "c:7444" {
+			p.failAfter = 64 << 10
+		}
+		return p
+	})
+}
+
+// peer is a server's driver as the cluster and the other servers see it.
+type peer interface {
+	driver.Driver
+	driver.Transferer
+}
+
+// newClusterOf is newCluster with each server's driver made by wrap.
+func newClusterOf(t *testing.T, wrap func(*peered) peer) (*container.Cluster, []byte) {
 	t.Helper()
 	ctx := context.Background()
 	cl := container.NewCluster(nil)
-	network := map[string]*peered{}
+	network := map[string]driver.Transferer{}
 	for _, name := range []string{"a", "b", "c"} {
-		d := &peered{Driver: memcontainer.New(&memcontainer.Options{Hostname: name}), endpoint: name + ":7444", network: network}
-		if name == "c" {
-			d.failAfter = 64 << 10
-		}
-		network[d.endpoint] = d
+		d := wrap(&peered{Driver: memcontainer.New(&memcontainer.Options{Hostname: name}), endpoint: name + ":7444", network: network})
+		network[name+":7444"] = d
 		if err := cl.Add(name, container.NewServer(d, nil)); err != nil {
 			t.Fatal(err)
 		}

@@ -7,7 +7,11 @@
 //	switch errcode.Of(err) { ... }
 package errcode
 
-import "fmt"
+import (
+	"context"
+	"errors"
+	"fmt"
+)
 
 // Code classifies an error. A Code is itself an error, so errors.Is(err, code)
 // reports whether err carries that code.
@@ -34,6 +38,11 @@ const (
 	PermissionDenied
 	// Internal: an invariant broke or a component failed unexpectedly.
 	Internal
+	// Canceled: the caller's context was cancelled or its deadline passed
+	// before the operation completed. Of reports it for an error that
+	// carries no other code but context.Canceled or
+	// context.DeadlineExceeded; errors.Is with those tells which.
+	Canceled
 )
 
 var names = [...]string{
@@ -46,6 +55,7 @@ var names = [...]string{
 	Unimplemented:      "unimplemented",
 	PermissionDenied:   "permission denied",
 	Internal:           "internal",
+	Canceled:           "canceled",
 }
 
 // String returns the code's name, such as "not found".
@@ -92,8 +102,19 @@ func Wrap(c Code, err error) error {
 }
 
 // Of returns the code of the outermost coded error in err's chain, or
-// Unknown. A bare Code in the chain counts too.
+// Unknown. A bare Code in the chain counts too, and a chain without a code
+// that holds a context error is Canceled.
 func Of(err error) Code {
+	if c := of(err); c != Unknown {
+		return c
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return Canceled
+	}
+	return Unknown
+}
+
+func of(err error) Code {
 	for err != nil {
 		switch e := err.(type) {
 		case *Error:
@@ -106,7 +127,7 @@ func Of(err error) Code {
 			err = u.Unwrap()
 		case interface{ Unwrap() []error }:
 			for _, inner := range u.Unwrap() {
-				if c := Of(inner); c != Unknown {
+				if c := of(inner); c != Unknown {
 					return c
 				}
 			}

@@ -1,6 +1,7 @@
 package errcode_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -64,5 +65,23 @@ func TestCodeNames(t *testing.T) {
 	}
 	if errcode.Code(99).String() != "code(99)" {
 		t.Fatal("out-of-range code name")
+	}
+}
+
+func TestContextErrorsAreCanceled(t *testing.T) {
+	for _, err := range []error{
+		fmt.Errorf("delete: %w", context.Canceled),
+		errors.Join(errors.New("x"), fmt.Errorf("y: %w", context.DeadlineExceeded)),
+	} {
+		if got := errcode.Of(err); got != errcode.Canceled {
+			t.Errorf("Of(%v) = %v, want Canceled", err, got)
+		}
+	}
+	// A code in the chain wins over the context error.
+	if got := errcode.Of(errcode.New(errcode.Unavailable, "agent: %w", context.Canceled)); got != errcode.Unavailable {
+		t.Errorf("Of = %v, want Unavailable", got)
+	}
+	if got := errcode.Canceled.String(); got != "canceled" {
+		t.Errorf("String = %q", got)
 	}
 }
