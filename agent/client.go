@@ -363,10 +363,18 @@ func decode[T any](resp *http.Response, err error) (T, error) {
 // and returns the response of a successful call, or the error the agent
 // sent. Errors reading the response body have codes too: ctx's error if it
 // ended, errcode.Unavailable otherwise.
+//
+// Cancelling ctx ends the call promptly at any point, whatever the agent
+// or body do: it closes the request body and the response body itself,
+// since the HTTP/2 transport stops watching ctx once the response headers
+// have arrived (a read of the response or of a stalled request body would
+// then block until the peer acts).
 func (c *Client) roundTrip(ctx context.Context, method, path string, hdr http.Header, body io.Reader) (*http.Response, error) {
 	sourceErr := func() error { return nil }
+	var pipe *io.PipeReader
 	if _, ok := body.(*bytes.Reader); !ok && body != nil {
-		body, sourceErr = pipeFrom(body)
+		pipe, sourceErr = pipeFrom(body)
+		body = pipe
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "https://"+c.addr+path, body)
 	if err != nil {
@@ -380,7 +388,14 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, hdr http.He
 		}
 		return nil, c.transportError(ctx, err)
 	}
-	resp.Body = &responseBody{ReadCloser: resp.Body, c: c, ctx: ctx}
+	raw := resp.Body
+	stop := context.AfterFunc(ctx, func() {
+		if pipe != nil {
+			pipe.CloseWithError(ctx.Err())
+		}
+		raw.Close()
+	})
+	resp.Body = &responseBody{ReadCloser: raw, c: c, ctx: ctx, stop: stop}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
 		return nil, responseError(resp)
@@ -390,11 +405,11 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, hdr http.He
 
 // pipeFrom returns a reader of r's data whose Close interrupts a Read, and
 // a function that returns r's error once r has failed. The transport
-// closes the request body to abort a call; without the pipe a body blocked
-// in Read (an exec's idle stdin) would hold the call open after its
-// context ended. A goroutine copies r until it ends, fails or the pipe
-// closes; the caller keeps ownership of r (it is not closed).
-func pipeFrom(r io.Reader) (io.Reader, func() error) {
+// closes the request body to abort a call, and so does roundTrip when ctx
+// ends; without the pipe a body blocked in Read (an exec's idle stdin)
+// would hold the call open. A goroutine copies r until it ends, fails or
+// the pipe closes; the caller keeps ownership of r (it is not closed).
+func pipeFrom(r io.Reader) (*io.PipeReader, func() error) {
 	pr, pw := io.Pipe()
 	var failed atomic.Pointer[error]
 	go func() {
@@ -431,8 +446,14 @@ func isContextError(err error) bool {
 // responseBody gives read errors a code.
 type responseBody struct {
 	io.ReadCloser
-	c   *Client
-	ctx context.Context
+	c    *Client
+	ctx  context.Context
+	stop func() bool // ends the watch on ctx
+}
+
+func (b *responseBody) Close() error {
+	b.stop()
+	return b.ReadCloser.Close()
 }
 
 func (b *responseBody) Read(p []byte) (int, error) {
