@@ -107,8 +107,12 @@ type Driver struct {
 
 // Open returns a driver for an instance kept in dir (created if missing,
 // mode 0700). Nothing runs until the first Apply. The directory must be
-// private to this instance, and short enough for socket paths (at most 90
-// bytes).
+// private to this instance, short enough for socket paths (at most 90
+// bytes), and free of what the configuration or the command line cannot
+// hold (control characters, invalid UTF-8, '$', ','; see
+// internal/confpath.Quotable): otherwise errcode.InvalidArgument, naming
+// it. Spaces, quotes and backslashes are fine. A relative dir is made
+// absolute.
 func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	if opts == nil {
 		opts = &Options{}
@@ -116,6 +120,9 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, errcode.Wrap(errcode.InvalidArgument, err)
+	}
+	if err := validDir(dir); err != nil {
+		return nil, err
 	}
 	if len(dir) > 90 {
 		return nil, errcode.New(errcode.InvalidArgument, "directory %q is too long for unix socket paths", dir)

@@ -2,6 +2,7 @@ package haproxy_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -78,6 +79,44 @@ func TestTraffic(t *testing.T) {
 			return d
 		},
 	})
+}
+
+// TestDirWithSpaceServes runs an instance in a directory whose name needs
+// quoting (oddDir: spaces, quotes, a backslash): haproxy -c accepts the
+// configuration, HTTPS is served with the certificate from that directory,
+// and a reload and a runtime change go through its sockets.
+func TestDirWithSpaceServes(t *testing.T) {
+	roottest.Require(t, roottest.BinaryFrom("haproxy", "haproxy"))
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer backend.Close()
+	bport, _ := strconv.Atoi(backend.URL[strings.LastIndex(backend.URL, ":")+1:])
+	d := mustOpen(t, filepath.Join(shortDir(t), oddDir))
+	defer d.Close()
+	ca := drivertest.NewCA(t)
+	addr, port := drivertest.LoopbackBind(t)
+	cfg := &driver.Config{
+		Pools: []driver.Pool{{Name: "web", Servers: []driver.Server{{Name: "a", Address: "127.0.0.1", Port: uint16(bport)}}}},
+		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: addr, Port: port, DefaultPool: "web",
+			TLS: &driver.TLS{Certificates: []driver.Certificate{ca.Issue(t, "a", "a.example.test")}}}},
+	}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "a.example.test"}}}
+	defer c.CloseIdleConnections()
+	url := fmt.Sprintf("https://%s:%d/", addr, port)
+	for _, change := range []func() error{
+		func() error { return d.Apply(t.Context(), cfg) },
+		func() error { return d.SetWeight(t.Context(), "web", "a", 3) },                                     // runtime API (stats socket)
+		func() error { cfg.Pools[0].Algorithm = driver.LeastConnections; return d.Apply(t.Context(), cfg) }, // reload (master socket)
+	} {
+		if err := change(); err != nil {
+			t.Fatal(err)
+		}
+		if body, err := drivertest.Get(c, url); err != nil || body != "ok" {
+			t.Fatalf("GET %s = %q, %v", url, body, err)
+		}
+	}
+	if d.Reloads() != 2 {
+		t.Fatalf("%d starts and reloads, want 2", d.Reloads())
+	}
 }
 
 // TestReloadFailureDetected makes a reload fail after every check passed

@@ -2,15 +2,18 @@ package haproxy_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/musterkit/muster/drivers/haproxy"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/confpath"
 	"github.com/musterkit/muster/internal/golden"
 	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/lb/driver"
@@ -37,27 +40,32 @@ func TestRenderGolden(t *testing.T) {
 	}
 }
 
+// oddDir is a legitimate instance directory name that needs quoting and
+// escaping in a configuration.
+const oddDir = `lb 1 "a\b" #c;{d}'e`
+
 // TestGoldenConfigsValid runs haproxy -c over every golden config, with its
-// certificate files in place.
+// certificate files in place, for an instance directory whose name has
+// spaces, quotes and a backslash.
 func TestGoldenConfigsValid(t *testing.T) {
 	roottest.Require(t, roottest.BinaryFrom("haproxy", "haproxy"))
 	for name, cfg := range drivertest.GoldenConfigs() {
 		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
+			dir := filepath.Join(t.TempDir(), oddDir)
 			r, err := haproxy.Render(cfg, goldenDir)
 			if err != nil {
 				t.Fatal(err)
 			}
 			os.MkdirAll(filepath.Join(dir, "certs"), 0o700)
 			for path, data := range r.Files {
-				data = []byte(strings.ReplaceAll(string(data), goldenDir, dir))
 				if err := os.WriteFile(strings.Replace(path, goldenDir, dir, 1), data, 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}
 			text, _ := os.ReadFile(filepath.Join("testdata", name+".cfg"))
 			file := filepath.Join(dir, "haproxy.cfg")
-			os.WriteFile(file, []byte(strings.ReplaceAll(string(text), goldenDir, dir)), 0o600)
+			q := confpath.Quote(dir)
+			os.WriteFile(file, []byte(strings.ReplaceAll(string(text), goldenDir, q[1:len(q)-1])), 0o600)
 			if out, err := exec.Command(haproxy.DefaultBinary, "-c", "-f", file).CombinedOutput(); err != nil {
 				t.Fatalf("haproxy -c: %v\n%s", err, out)
 			}
@@ -74,7 +82,7 @@ var grammar = func() []*regexp.Regexp {
 		host  = `[A-Za-z0-9.-]+`
 		path  = `/[A-Za-z0-9/._~+,=:@!-]*`
 		addr  = `(\[[0-9a-f:.]+\]|[A-Za-z0-9.-]+):[0-9]+`
-		file  = `/[A-Za-z0-9/._-]+`
+		file  = `"/([^"\\$\x00-\x1f\x7f]|\\["\\])*"` // quoted, escaped
 		value = `[!&()*+,./0-9:<=>?@A-Z\[\]^_a-z|~-]+`
 		route = `\{ var\(txn\.route\) -m str ` + name + ` \}`
 	)
@@ -87,7 +95,7 @@ var grammar = func() []*regexp.Regexp {
 		`    stats timeout 30s`, `    hard-stop-after 30s`, `    tune\.ssl\.default-dh-param 2048`,
 		`    mode (tcp|http)`, `    timeout (connect|client|server|http-request|http-keep-alive) [0-9]+s`,
 		`    retries 3`, `    option redispatch 1`, `    default-server init-addr last,libc,none`,
-		`    server-state-file ` + file, `    load-server-state-from-file global`,
+		`    server-state-file ` + file, `    crt-base ` + file, `    load-server-state-from-file global`,
 		`    bind ` + addr + `( ssl crt-list ` + file + `)?`,
 		`    option forwardfor`,
 		`    acl r[0-9]+_host req\.hdr\(host\),field\(1,:\),lower -m str ` + host,
@@ -127,24 +135,92 @@ func checkGrammar(t testing.TB, text string) {
 }
 
 func FuzzRender(f *testing.F) {
-	f.Add("web", "a.example.test", "/api", "X-Id", "v1", "198.18.0.1", uint8(3))
-	f.Add("web", "a.test\nbind :22", "/a b", "X", "a;b", "10.0.0.1 backup", uint8(1))
-	f.Add("w", "h", "/", "N", "}{", "::1", uint8(7))
-	f.Add("db", "", "", "", "", "db.example.test", uint8(0))
-	f.Fuzz(func(t *testing.T, name, host, path, hn, hv, addr string, n uint8) {
+	f.Add("web", "a.example.test", "/api", "X-Id", "v1", "198.18.0.1", uint8(3), goldenDir)
+	f.Add("web", "a.test\nbind :22", "/a b", "X", "a;b", "10.0.0.1 backup", uint8(1), "/tmp/a b")
+	f.Add("w", "h", "/", "N", "}{", "::1", uint8(7), "/tmp/x\"\n    bind :22\n#")
+	f.Add("db", "", "", "", "", "db.example.test", uint8(0), `/tmp/a"b\c`)
+	f.Add("db", "", "", "", "", "db.example.test", uint8(5), "/tmp/$HOME")
+	f.Fuzz(func(t *testing.T, name, host, path, hn, hv, addr string, n uint8, dir string) {
 		cfg := drivertest.FuzzConfig(name, host, path, hn, hv, addr, n)
-		r, err := haproxy.Render(cfg, goldenDir)
+		if n&4 != 0 {
+			cfg.Frontends[0].TLS = &driver.TLS{Certificates: []driver.Certificate{fuzzCert}}
+		}
+		r, err := haproxy.Render(cfg, dir)
 		if err != nil {
-			if !errors.Is(err, errcode.InvalidArgument) {
-				t.Fatalf("Render error without InvalidArgument: %v", err)
+			if !errors.Is(err, errcode.InvalidArgument) || r != nil {
+				t.Fatalf("Render = %v, %v; want InvalidArgument and nothing", r, err)
 			}
-			if cfg.Validate() == nil {
-				t.Fatalf("Render rejected a valid config: %v", err)
+			if cfg.Validate() == nil && confpath.Quotable("", dir, ",") == nil {
+				t.Fatalf("Render rejected a valid config and directory: %v", err)
 			}
 			return
 		}
 		checkGrammar(t, r.Config)
+		// The directory adds no line, and HAProxy reads back the path.
+		ref, err := haproxy.Render(cfg, goldenDir)
+		if err != nil || strings.Count(ref.Config, "\n") != strings.Count(r.Config, "\n") {
+			t.Fatalf("dir %q changes the number of lines (%v):\n%s", dir, err, r.Config)
+		}
+		m := regexp.MustCompile(`(?m)^    stats socket (".*") mode`).FindStringSubmatch(r.Config)
+		if got, err := strconv.Unquote(m[1]); err != nil || got != filepath.Join(dir, "stats.sock") {
+			t.Fatalf("stats socket %s reads as %q (%v), want in %q", m[1], got, err, dir)
+		}
+		for file := range r.Files {
+			if filepath.Dir(filepath.Dir(file)) != dir {
+				t.Fatalf("file %q outside %q", file, dir)
+			}
+		}
 	})
+}
+
+// fuzzCert is a valid certificate for FuzzRender's TLS frontends.
+var fuzzCert = func() driver.Certificate {
+	for _, f := range drivertest.GoldenConfigs()["tls"].Frontends {
+		if f.TLS != nil {
+			return f.TLS.Certificates[0]
+		}
+	}
+	panic("the tls golden config has no certificate")
+}()
+
+// badDirs are instance directories that Open and Render refuse: each would
+// add a directive, end a quoted string or split the master socket's
+// command-line argument.
+func badDirs(base string) []string {
+	return []string{
+		base + "/lb\n    stats socket /tmp/x.sock level admin",
+		base + "/lb\r",
+		base + "/lb\x00",
+		base + "/lb\u2028", // a line separator
+		base + "/lb\u202e", // a bidirectional override
+		base + "/\xff",
+		base + "/lb$HOME",
+		base + "/lb,level,user",
+	}
+}
+
+// TestBadDirsRejected: Open refuses such a directory, naming it, and
+// creates nothing; Render refuses it (and a relative one) without output.
+func TestBadDirsRejected(t *testing.T) {
+	base := t.TempDir()
+	cfg := drivertest.GoldenConfigs()["tls"]
+	for _, dir := range append(badDirs(base), "lb", "/tmp/../lb") {
+		if r, err := haproxy.Render(cfg, dir); !errors.Is(err, errcode.InvalidArgument) || r != nil {
+			t.Errorf("Render with dir %q = %v, %v; want InvalidArgument", dir, r, err)
+		}
+	}
+	for _, dir := range badDirs(base) {
+		d, err := haproxy.Open(t.Context(), dir, nil)
+		if !errors.Is(err, errcode.InvalidArgument) || !strings.Contains(err.Error(), fmt.Sprintf("instance directory %.80q", dir)) {
+			t.Errorf("Open(%q) = %v, want InvalidArgument naming the directory", dir, err)
+		}
+		if d != nil {
+			d.Close()
+		}
+	}
+	if entries, _ := os.ReadDir(base); len(entries) != 0 {
+		t.Errorf("Open created %s", entries[0].Name())
+	}
 }
 
 func TestRenderRejectsMisplacedSnippets(t *testing.T) {

@@ -69,6 +69,7 @@ import (
 
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/ha/driver"
+	"github.com/musterkit/muster/internal/confpath"
 	"github.com/musterkit/muster/internal/orphan"
 )
 
@@ -158,13 +159,13 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	if err != nil {
 		return nil, errcode.Wrap(errcode.InvalidArgument, err)
 	}
-	if err := ValidDir("instance directory", dir); err != nil {
+	if err := confpath.Plain("instance directory", dir); err != nil {
 		return nil, err
 	}
 	d := &Driver{dir: dir, bin: cmpOr(opts.Binary, DefaultBinary), busybox: cmpOr(opts.BusyBox, DefaultBusyBox),
 		events: opts.TrackProcessEvents, log: opts.Logger, cmd: opts.Command, nl: opts.Handle, wait: opts.StartTimeout, now: opts.Now,
 		state: driver.Stopped, subs: map[chan driver.Event]struct{}{}}
-	if err := ValidDir("busybox", d.busybox); err != nil {
+	if err := confpath.Plain("busybox", d.busybox); err != nil {
 		return nil, err
 	}
 	if d.log == nil {

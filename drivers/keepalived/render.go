@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/ha/driver"
+	"github.com/musterkit/muster/internal/confpath"
 )
 
 // Files of an instance directory.
@@ -28,31 +28,17 @@ type Input struct {
 	// Prefixes gives each floating address its prefix on the interface
 	// (driver.Placement); an address missing from it gets /32.
 	Prefixes map[netip.Addr]netip.Prefix
-	// Dir is the instance directory (ValidDir): the notify FIFO lives there.
+	// Dir is the instance directory (confpath.Plain: nothing in it needs
+	// quoting): the notify FIFO lives there.
 	Dir string
 	// CheckProgram is the BusyBox binary the TCP and process checks run
-	// (ValidDir rules apply); empty means DefaultBusyBox.
+	// (confpath.Plain rules apply); empty means DefaultBusyBox.
 	CheckProgram string
 	// ProcessEvents tracks Track.Process with keepalived's
 	// vrrp_track_process (the kernel's process events connector, which
 	// works only in the initial network namespace) instead of polling
 	// with "busybox pidof" every second.
 	ProcessEvents bool
-}
-
-// ValidDir checks a path that appears in the configuration: absolute, at
-// most 200 bytes of letters, digits, '/', '.', '_', '-' and '+', without
-// "..". Nothing else can appear, so it needs no quoting.
-func ValidDir(what, p string) error {
-	if !strings.HasPrefix(p, "/") || len(p) > 200 || strings.Contains(p, "..") {
-		return errcode.New(errcode.InvalidArgument, "%s %.80q is not a clean absolute path of at most 200 bytes", what, p)
-	}
-	for _, c := range []byte(p) {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("/._-+", c) >= 0) {
-			return errcode.New(errcode.InvalidArgument, "%s %.80q contains %q; use letters, digits and /._-+", what, p, c)
-		}
-	}
-	return nil
 }
 
 // Render returns the keepalived.conf of in: one vrrp_instance named after
@@ -67,14 +53,14 @@ func Render(in Input) (string, error) {
 	if err := c.Validate(); err != nil {
 		return "", err
 	}
-	if err := ValidDir("instance directory", in.Dir); err != nil {
+	if err := confpath.Plain("instance directory", in.Dir); err != nil {
 		return "", err
 	}
 	prog := in.CheckProgram
 	if prog == "" {
 		prog = DefaultBusyBox
 	}
-	if err := ValidDir("check program", prog); err != nil {
+	if err := confpath.Plain("check program", prog); err != nil {
 		return "", err
 	}
 	c = c.Normalized()

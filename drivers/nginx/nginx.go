@@ -100,7 +100,11 @@ type Driver struct {
 // Open returns a driver for an instance kept in dir (created if missing).
 // Nothing runs until the first Apply. Nginx processes an earlier run left
 // in dir (its pid file's master and its workers, whose manager died) are
-// ended, by pid.
+// ended, by pid. The directory must be free of what the configuration
+// cannot hold (control characters, invalid UTF-8, '$', which Nginx would
+// read as a variable; see internal/confpath.Quotable): otherwise
+// errcode.InvalidArgument, naming it. Spaces, quotes and backslashes are
+// fine. A relative dir is made absolute.
 func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	if opts == nil {
 		opts = &Options{}
@@ -108,6 +112,9 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, errcode.Wrap(errcode.InvalidArgument, err)
+	}
+	if err := validDir(dir); err != nil {
+		return nil, err
 	}
 	d := &Driver{dir: dir, bin: opts.Binary, log: opts.Logger, cmd: opts.Command, wait: opts.ReloadTimeout, cfg: &driver.Config{}}
 	if d.bin == "" {

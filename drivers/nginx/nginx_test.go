@@ -2,12 +2,14 @@ package nginx_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -73,6 +75,44 @@ func BenchmarkAddServer(b *testing.B) {
 		b.Cleanup(func() { d.Close() })
 		return d
 	}, map[string]driver.Algorithm{"reload": driver.RoundRobin})
+}
+
+// TestDirWithSpaceServes runs an instance in a directory whose name needs
+// quoting (oddDir: spaces, quotes, a backslash): nginx -t accepts the
+// configuration, HTTPS is served with the certificate from that directory,
+// and a reload goes through.
+func TestDirWithSpaceServes(t *testing.T) {
+	roottest.Require(t, roottest.BinaryFrom("nginx", "nginx-light"))
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer backend.Close()
+	bport, _ := strconv.Atoi(backend.URL[strings.LastIndex(backend.URL, ":")+1:])
+	d, err := nginx.Open(t.Context(), filepath.Join(t.TempDir(), oddDir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ca := drivertest.NewCA(t)
+	addr, port := drivertest.LoopbackBind(t)
+	cfg := &driver.Config{
+		Pools: []driver.Pool{{Name: "web", Servers: []driver.Server{{Name: "a", Address: "127.0.0.1", Port: uint16(bport)}}}},
+		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: addr, Port: port, DefaultPool: "web",
+			TLS: &driver.TLS{Certificates: []driver.Certificate{ca.Issue(t, "a", "a.example.test")}}}},
+	}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "a.example.test"}}}
+	defer c.CloseIdleConnections()
+	url := fmt.Sprintf("https://%s:%d/", addr, port)
+	for _, weight := range []int{1, 3} { // a start, then a reload
+		cfg.Pools[0].Servers[0].Weight = weight
+		if err := d.Apply(t.Context(), cfg); err != nil {
+			t.Fatal(err)
+		}
+		if body, err := drivertest.Get(c, url); err != nil || body != "ok" {
+			t.Fatalf("GET %s = %q, %v", url, body, err)
+		}
+	}
+	if d.Reloads() != 2 {
+		t.Fatalf("%d starts and reloads, want 2", d.Reloads())
+	}
 }
 
 // TestReloadFailureDetected makes a reload fail after nginx -t passed (the

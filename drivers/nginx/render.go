@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/confpath"
 	"github.com/musterkit/muster/lb/driver"
 )
 
@@ -32,11 +33,19 @@ const (
 	StreamModule = "/usr/lib/nginx/modules/ngx_stream_module.so"
 )
 
+// validDir checks an instance directory: confpath.Quotable (the
+// configuration holds it in double quotes). errcode.InvalidArgument names
+// the directory.
+func validDir(dir string) error {
+	return confpath.Quotable("instance directory", dir, "")
+}
+
 func upstreamName(pool string) string { return "pool_" + strings.ReplaceAll(pool, "-", "_") }
 
 // Render turns a valid config into Nginx's configuration for an instance
-// whose directory is dir. It is pure. Besides Validate's errors it returns
-// errcode.Unimplemented for what open-source Nginx 1.22 cannot do: more
+// whose directory is dir (see Open for what it may hold; every path in the
+// configuration is a quoted string). It is pure. Besides Validate's errors
+// it returns errcode.Unimplemented for what open-source Nginx 1.22 cannot do: more
 // than one certificate on a TCP frontend (no SNI choice in stream) and
 // backup servers in a SourceHash pool. Health checks become passive: a
 // server is taken out for Interval*Fall (rounded up to whole seconds)
@@ -46,6 +55,9 @@ func upstreamName(pool string) string { return "pool_" + strings.ReplaceAll(pool
 // finish them).
 func Render(cfg *driver.Config, dir string) (*Rendered, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := validDir(dir); err != nil {
 		return nil, err
 	}
 	c := cfg.Normalized()
@@ -77,8 +89,8 @@ func Render(cfg *driver.Config, dir string) (*Rendered, error) {
 	w.line("load_module %s;", StreamModule)
 	w.line("daemon off;")
 	w.line("worker_processes 2;")
-	w.line("pid %s;", filepath.Join(dir, PidFile))
-	w.line("error_log %s warn;", filepath.Join(dir, ErrorLog))
+	w.line("pid %s;", confpath.Quote(filepath.Join(dir, PidFile)))
+	w.line("error_log %s warn;", confpath.Quote(filepath.Join(dir, ErrorLog)))
 	snippet("global")
 	w.open("events")
 	w.line("worker_connections 4096;")
@@ -87,7 +99,7 @@ func Render(cfg *driver.Config, dir string) (*Rendered, error) {
 	w.open("http")
 	w.line("access_log off;")
 	for _, t := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
-		w.line("%s_temp_path %s;", t, filepath.Join(dir, TempDir, t))
+		w.line("%s_temp_path %s;", t, confpath.Quote(filepath.Join(dir, TempDir, t)))
 	}
 	w.line("proxy_http_version 1.1;")
 	w.line("proxy_next_upstream error timeout;")
@@ -235,8 +247,8 @@ func certLines(w *writer, r *Rendered, dir, fe string, c driver.Certificate) {
 	base := filepath.Join(dir, CertDir, fmt.Sprintf("%s-%s-%s", fe, c.Name, h))
 	r.Files[base+".crt"] = c.CertPEM
 	r.Files[base+".key"] = c.KeyPEM
-	w.line("ssl_certificate %s.crt;", base)
-	w.line("ssl_certificate_key %s.key;", base)
+	w.line("ssl_certificate %s;", confpath.Quote(base+".crt"))
+	w.line("ssl_certificate_key %s;", confpath.Quote(base+".key"))
 }
 
 func hash(b []byte) string {

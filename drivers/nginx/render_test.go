@@ -2,15 +2,18 @@ package nginx_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/musterkit/muster/drivers/nginx"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/confpath"
 	"github.com/musterkit/muster/internal/golden"
 	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/lb/driver"
@@ -33,13 +36,18 @@ func TestRenderGolden(t *testing.T) {
 	}
 }
 
+// oddDir is a legitimate instance directory name that needs quoting and
+// escaping in a configuration.
+const oddDir = `lb 1 "a\b" #c;{d}'e`
+
 // TestGoldenConfigsValid runs nginx -t over every golden config, with its
-// certificate files in place.
+// certificate files in place, for an instance directory whose name has
+// spaces, quotes and a backslash.
 func TestGoldenConfigsValid(t *testing.T) {
 	roottest.Require(t, roottest.BinaryFrom("nginx", "nginx-light"))
 	for name, cfg := range drivertest.GoldenConfigs() {
 		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
+			dir := filepath.Join(t.TempDir(), oddDir)
 			r, err := nginx.Render(cfg, goldenDir)
 			if err != nil {
 				t.Fatal(err)
@@ -57,7 +65,8 @@ func TestGoldenConfigsValid(t *testing.T) {
 			// loopback and resolvable stand-ins for the golden ones.
 			text = []byte(strings.NewReplacer("spare.example.test", "localhost", "198.18.0.254:", "127.0.0.1:").Replace(string(text)))
 			file := filepath.Join(dir, "nginx.conf")
-			os.WriteFile(file, []byte(strings.ReplaceAll(string(text), goldenDir, dir)), 0o600)
+			q := confpath.Quote(dir)
+			os.WriteFile(file, []byte(strings.ReplaceAll(string(text), goldenDir, q[1:len(q)-1])), 0o600)
 			out, err := exec.Command(nginx.DefaultBinary, "-p", dir+"/", "-c", file, "-e", filepath.Join(dir, "error.log"), "-t").CombinedOutput()
 			if err != nil {
 				t.Fatalf("nginx -t: %v\n%s", err, out)
@@ -74,7 +83,7 @@ var grammar = func() []*regexp.Regexp {
 		up    = `pool_[a-z0-9_]+`
 		host  = `[A-Za-z0-9.*-]+`
 		addr  = `(\[[0-9a-f:.]+\]|[A-Za-z0-9.-]+):[0-9]+`
-		file  = `/[A-Za-z0-9/._-]+`
+		file  = `"/([^"\\$\x00-\x1f\x7f]|\\["\\])*"` // quoted, escaped
 		value = `[!&()*+,./0-9:<=>?@A-Z\[\]^_a-z|~-]+`
 		hdr   = `[A-Za-z0-9_-]+`
 		ind   = `( {4})+`
@@ -109,6 +118,8 @@ var grammar = func() []*regexp.Regexp {
 	return res
 }()
 
+var quoted = regexp.MustCompile(`"([^"\\]|\\.)*"`)
+
 func checkGrammar(t testing.TB, text string) {
 	t.Helper()
 	depth := 0
@@ -126,6 +137,7 @@ func checkGrammar(t testing.TB, text string) {
 		if !ok {
 			t.Fatalf("line %d is outside the directive grammar: %q\n%s", i+1, l, text)
 		}
+		l = quoted.ReplaceAllString(l, `""`) // braces in a path open nothing
 		depth += strings.Count(l, "{") - strings.Count(l, "}")
 		if depth < 0 {
 			t.Fatalf("line %d closes a block never opened", i+1)
@@ -137,24 +149,90 @@ func checkGrammar(t testing.TB, text string) {
 }
 
 func FuzzRender(f *testing.F) {
-	f.Add("web", "a.example.test", "/api", "X-Id", "v1", "198.18.0.1", uint8(3))
-	f.Add("web", "a.test;\nserver_name x", "/a b", "X", "a;b", "10.0.0.1 backup", uint8(1))
-	f.Add("w", "h", "/a.b+c", "N", "}{", "::1", uint8(7))
-	f.Add("db", "", "", "", "", "db.example.test", uint8(0))
-	f.Fuzz(func(t *testing.T, name, host, path, hn, hv, addr string, n uint8) {
+	f.Add("web", "a.example.test", "/api", "X-Id", "v1", "198.18.0.1", uint8(3), goldenDir)
+	f.Add("web", "a.test;\nserver_name x", "/a b", "X", "a;b", "10.0.0.1 backup", uint8(1), "/tmp/a b")
+	f.Add("w", "h", "/a.b+c", "N", "}{", "::1", uint8(7), "/tmp/x\";\nmuster_injected_directive on;\n#")
+	f.Add("db", "", "", "", "", "db.example.test", uint8(0), `/tmp/a"b\c;}`)
+	f.Add("db", "", "", "", "", "db.example.test", uint8(5), "/tmp/$host")
+	f.Fuzz(func(t *testing.T, name, host, path, hn, hv, addr string, n uint8, dir string) {
 		cfg := drivertest.FuzzConfig(name, host, path, hn, hv, addr, n)
-		r, err := nginx.Render(cfg, goldenDir)
+		if n&4 != 0 {
+			cfg.Frontends[0].TLS = &driver.TLS{Certificates: []driver.Certificate{fuzzCert}}
+		}
+		r, err := nginx.Render(cfg, dir)
 		if err != nil {
-			if errcode.Of(err) != errcode.InvalidArgument && errcode.Of(err) != errcode.Unimplemented {
-				t.Fatalf("Render error without InvalidArgument or Unimplemented: %v", err)
+			if errcode.Of(err) != errcode.InvalidArgument && errcode.Of(err) != errcode.Unimplemented || r != nil {
+				t.Fatalf("Render = %v, %v; want InvalidArgument or Unimplemented and nothing", r, err)
 			}
-			if cfg.Validate() == nil && errcode.Of(err) == errcode.InvalidArgument {
-				t.Fatalf("Render rejected a valid config: %v", err)
+			if cfg.Validate() == nil && confpath.Quotable("", dir, "") == nil && errcode.Of(err) == errcode.InvalidArgument {
+				t.Fatalf("Render rejected a valid config and directory: %v", err)
 			}
 			return
 		}
 		checkGrammar(t, r.Config)
+		// The directory adds no line, and Nginx reads back the path.
+		ref, err := nginx.Render(cfg, goldenDir)
+		if err != nil || strings.Count(ref.Config, "\n") != strings.Count(r.Config, "\n") {
+			t.Fatalf("dir %q changes the number of lines (%v):\n%s", dir, err, r.Config)
+		}
+		m := regexp.MustCompile(`(?m)^pid (".*");$`).FindStringSubmatch(r.Config)
+		if got, err := strconv.Unquote(m[1]); err != nil || got != filepath.Join(dir, "nginx.pid") {
+			t.Fatalf("pid %s reads as %q (%v), want in %q", m[1], got, err, dir)
+		}
+		for file := range r.Files {
+			if filepath.Dir(filepath.Dir(file)) != dir {
+				t.Fatalf("file %q outside %q", file, dir)
+			}
+		}
 	})
+}
+
+// fuzzCert is a valid certificate for FuzzRender's TLS frontends.
+var fuzzCert = func() driver.Certificate {
+	for _, f := range drivertest.GoldenConfigs()["tls"].Frontends {
+		if f.TLS != nil {
+			return f.TLS.Certificates[0]
+		}
+	}
+	panic("the tls golden config has no certificate")
+}()
+
+// badDirs are instance directories that Open and Render refuse: each would
+// add a directive, end a quoted string or be read as a variable.
+func badDirs(base string) []string {
+	return []string{
+		base + "/lb\nmuster_injected_directive on;",
+		base + "/lb\r",
+		base + "/lb\x00",
+		base + "/lb\u2028", // a line separator
+		base + "/lb\u202e", // a bidirectional override
+		base + "/\xff",
+		base + "/lb$host",
+	}
+}
+
+// TestBadDirsRejected: Open refuses such a directory, naming it, and
+// creates nothing; Render refuses it (and a relative one) without output.
+func TestBadDirsRejected(t *testing.T) {
+	base := t.TempDir()
+	cfg := drivertest.GoldenConfigs()["tls"]
+	for _, dir := range append(badDirs(base), "lb", "/tmp/../lb") {
+		if r, err := nginx.Render(cfg, dir); !errors.Is(err, errcode.InvalidArgument) || r != nil {
+			t.Errorf("Render with dir %q = %v, %v; want InvalidArgument", dir, r, err)
+		}
+	}
+	for _, dir := range badDirs(base) {
+		d, err := nginx.Open(t.Context(), dir, nil)
+		if !errors.Is(err, errcode.InvalidArgument) || !strings.Contains(err.Error(), fmt.Sprintf("instance directory %.80q", dir)) {
+			t.Errorf("Open(%q) = %v, want InvalidArgument naming the directory", dir, err)
+		}
+		if d != nil {
+			d.Close()
+		}
+	}
+	if entries, _ := os.ReadDir(base); len(entries) != 0 {
+		t.Errorf("Open created %s", entries[0].Name())
+	}
 }
 
 func TestRenderRejectsMisplacedSnippets(t *testing.T) {
