@@ -514,12 +514,5 @@ func clonePeers(peers []driver.Peer) []driver.Peer {
 	return c
 }
 
-// kernelErr gives a kernel error a code: permission errors are
-// PermissionDenied, the rest Internal.
-func kernelErr(what string, err error) error {
-	code := errcode.Internal
-	if errors.Is(err, os.ErrPermission) {
-		code = errcode.PermissionDenied
-	}
-	return errcode.Wrap(code, fmt.Errorf("%s: %w", what, err))
-}
+// kernelErr gives a kernel error its code, by errcode's errno table.
+func kernelErr(what string, err error) error { return errcode.Syscall(err, "%s", what) }

@@ -2,14 +2,12 @@ package lvs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/cloudflare/ipvs"
@@ -545,16 +543,5 @@ func (d *Driver) checkOpen() error {
 	return nil
 }
 
-// ipvsErr gives an IPVS netlink error its code.
-func ipvsErr(what string, err error) error {
-	code := errcode.Internal
-	switch {
-	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
-		code = errcode.PermissionDenied
-	case errors.Is(err, syscall.EEXIST):
-		code = errcode.AlreadyExists
-	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ESRCH):
-		code = errcode.NotFound
-	}
-	return errcode.New(code, "lvs: %s: %w", what, err)
-}
+// ipvsErr gives an IPVS netlink error its code, by errcode's errno table.
+func ipvsErr(what string, err error) error { return errcode.Syscall(err, "lvs: %s", what) }

@@ -16,6 +16,7 @@ import (
 	"github.com/cloudflare/ipvs"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/freeport"
 	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/drivertest"
@@ -323,7 +324,7 @@ func TestBadConfigsChangeNothing(t *testing.T) {
 	// A kernel call failing half way: the previous configuration is put back.
 	k.failOn = "CreateDestination"
 	err := d.Apply(ctx, config(driver.RoundRobin, srv("a", 11, 1), srv("b", 12, 1)))
-	if errcode.Of(err) != errcode.Internal {
+	if errcode.Of(err) != errcode.Unavailable { // ENOMEM, by errcode's errno table
 		t.Fatalf("failing kernel: %v", err)
 	}
 	k.failOn = ""
@@ -347,11 +348,14 @@ func TestHealthChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer la.Close()
-	lb, err := net.Listen("tcp", "127.0.0.1:0")
+	// b's port stays the test's while b is down (a freed port could be
+	// taken meanwhile by a test running in parallel, and look up).
+	reservedB := freeport.Reserve(t, "127.0.0.1")
+	lb, err := reservedB.Listen()
 	if err != nil {
 		t.Fatal(err)
 	}
-	portB := uint16(lb.Addr().(*net.TCPAddr).Port)
+	portB := uint16(reservedB.Port())
 	cfg := &driver.Config{
 		Frontends: []driver.Frontend{{Name: "vip", Protocol: driver.TCP, Address: "127.0.0.9", Port: 80, DefaultPool: "web"}},
 		Pools: []driver.Pool{{Name: "web", Servers: []driver.Server{
@@ -379,7 +383,7 @@ func TestHealthChecks(t *testing.T) {
 	if w := weightOfB(); w != "w0" {
 		t.Fatalf("b is down but has weight %s:\n%s", w, k.table())
 	}
-	lb, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", portB))
+	lb, err = reservedB.Listen()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -668,23 +668,5 @@ func (d *Driver) status(n network) (*driver.Status, error) {
 	return st, nil
 }
 
-// kernelErr gives a netlink error its code.
-func kernelErr(op string, err error) error {
-	code := errcode.Internal
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		switch errno {
-		case syscall.EPERM, syscall.EACCES:
-			code = errcode.PermissionDenied
-		case syscall.EOPNOTSUPP, syscall.EAFNOSUPPORT, syscall.EPROTONOSUPPORT:
-			code = errcode.Unimplemented
-		case syscall.EEXIST, syscall.EADDRINUSE:
-			code = errcode.AlreadyExists
-		case syscall.EINVAL, syscall.ERANGE:
-			code = errcode.InvalidArgument
-		case syscall.ENOBUFS, syscall.EAGAIN, syscall.EBUSY, syscall.EINTR:
-			code = errcode.Unavailable
-		}
-	}
-	return errcode.New(code, "vxlan: %s: %w", op, err)
-}
+// kernelErr gives a netlink error its code, by errcode's errno table.
+func kernelErr(op string, err error) error { return errcode.Syscall(err, "vxlan: %s", op) }

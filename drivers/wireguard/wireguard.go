@@ -874,27 +874,8 @@ func netPrefix(n *net.IPNet) netip.Prefix {
 	return netip.PrefixFrom(a.Unmap(), ones)
 }
 
-// kernelErr classifies a kernel error.
-func kernelErr(what string, err error) error {
-	code := errcode.Internal
-	switch {
-	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
-		code = errcode.PermissionDenied
-	case errors.Is(err, syscall.EEXIST), errors.Is(err, syscall.EBUSY):
-		code = errcode.AlreadyExists
-	case errors.Is(err, syscall.EADDRINUSE):
-		code = errcode.FailedPrecondition
-	case errors.Is(err, syscall.ENODEV), errors.Is(err, syscall.ENOENT):
-		code = errcode.Unavailable
-	}
-	return &errcode.Error{Code: code, Err: fmt.Errorf("wireguard: %s: %w", what, err)}
-}
+// kernelErr gives a kernel error its code, by errcode's errno table.
+func kernelErr(what string, err error) error { return errcode.Syscall(err, "wireguard: %s", what) }
 
-// deviceErr classifies an error of the embedded device's UAPI.
-func deviceErr(err error) error {
-	code := errcode.Internal
-	if errors.Is(err, syscall.EADDRINUSE) {
-		code = errcode.FailedPrecondition
-	}
-	return &errcode.Error{Code: code, Err: fmt.Errorf("wireguard: configuring the device: %w", err)}
-}
+// deviceErr gives an error of the embedded device's UAPI its code.
+func deviceErr(err error) error { return errcode.Syscall(err, "wireguard: configuring the device") }

@@ -149,14 +149,7 @@ func inUse(err error, ap netip.AddrPort, p Port) error {
 }
 
 func bindErr(a netip.Addr, p Port, err error) error {
-	code := errcode.Internal
-	switch {
-	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		code = errcode.FailedPrecondition
-	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
-		code = errcode.PermissionDenied
-	}
-	return errcode.New(code, "preflight: listening on %s %s: %w", a, p, err)
+	return errcode.Syscall(err, "preflight: listening on %s %s", a, p)
 }
 
 // echo answers every datagram on c with its first 8 bytes (the prober's
