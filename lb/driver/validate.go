@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // Limits of the model, checked by Validate.
@@ -31,7 +31,7 @@ func invalid(format string, args ...any) error {
 // ValidName checks a name of a frontend, pool, server, route or certificate:
 // a DNS label of lowercase letters, digits and '-', at most 63 bytes.
 func ValidName(what, s string) error {
-	if err := image.ValidName(s); err != nil {
+	if err := names.Label(s); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
@@ -53,7 +53,7 @@ func ValidHost(what, s string, wildcard bool) error {
 		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
 			return invalid("%s %.80q has an empty, overlong or hyphen-bounded label", what, s)
 		}
-		for _, c := range []byte(label) {
+		for _, c := range label {
 			if !isAlnum(c) && c != '-' {
 				return invalid("%s %.80q contains %q; use letters, digits, '-' and '.'", what, s, c)
 			}
@@ -91,8 +91,8 @@ func ValidPath(what, s string) error {
 		if seg == "" || seg == "." || seg == ".." {
 			return invalid("%s %.80q has an empty, '.' or '..' segment", what, s)
 		}
-		for _, c := range []byte(seg) {
-			if !isAlnum(c) && !strings.ContainsRune("-._~+,=:@!", rune(c)) {
+		for _, c := range seg {
+			if !isAlnum(c) && !strings.ContainsRune("-._~+,=:@!", c) {
 				return invalid("%s %.80q contains %q", what, s, c)
 			}
 		}
@@ -105,7 +105,7 @@ func ValidHeader(what string, h Header) error {
 	if h.Name == "" || len(h.Name) > 256 {
 		return invalid("%s name %.80q is empty or too long", what, h.Name)
 	}
-	for _, c := range []byte(h.Name) {
+	for _, c := range h.Name {
 		if !isAlnum(c) && c != '-' && c != '_' {
 			return invalid("%s name %.80q contains %q; use letters, digits, '-' and '_'", what, h.Name, c)
 		}
@@ -113,15 +113,17 @@ func ValidHeader(what string, h Header) error {
 	if h.Value == "" || len(h.Value) > maxHeaderLen {
 		return invalid("%s %s value is empty or longer than %d bytes", what, h.Name, maxHeaderLen)
 	}
-	for _, c := range []byte(h.Value) {
-		if c <= ' ' || c >= 0x7f || strings.ContainsRune("\"'`\\{};#$%", rune(c)) {
+	for _, c := range h.Value {
+		if c <= ' ' || c >= 0x7f || strings.ContainsRune("\"'`\\{};#$%", c) {
 			return invalid("%s %s value %.80q contains %q", what, h.Name, h.Value, c)
 		}
 	}
 	return nil
 }
 
-func isAlnum(c byte) bool {
+// isAlnum reports whether c is an ASCII letter or digit. Validators range
+// over runes, not bytes, so an error quotes a whole character.
+func isAlnum(c rune) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }
 
@@ -187,7 +189,7 @@ func validSnippetKey(k string) error {
 		return nil
 	}
 	kind, name, ok := strings.Cut(k, "/")
-	if ok && slices.Contains([]string{"frontend", "pool", "server", "upstream"}, kind) && image.ValidName(name) == nil {
+	if ok && slices.Contains([]string{"frontend", "pool", "server", "upstream"}, kind) && names.Label(name) == nil {
 		return nil
 	}
 	return invalid("raw snippet key %.80q is not global, defaults, http, stream, frontend/<name>, pool/<name>, server/<name> or upstream/<name>", k)

@@ -74,6 +74,32 @@ func TestValidators(t *testing.T) {
 	}
 }
 
+// TestValidatorsQuoteWholeCharacters checks that an error quotes the
+// offending character, not the first byte of its UTF-8 encoding (which
+// printed 'Ð' for any Cyrillic letter).
+func TestValidatorsQuoteWholeCharacters(t *testing.T) {
+	for _, tc := range []struct {
+		what string
+		err  error
+		want string
+	}{
+		{"host", driver.ValidHost("host", "пример.test", false), `'п'`},
+		{"wildcard host", driver.ValidHost("host", "*.bücher.test", true), `'ü'`},
+		{"path", driver.ValidPath("path", "/café"), `'é'`},
+		{"header name", driver.ValidHeader("header", driver.Header{Name: "X-Ünicode", Value: "v"}), `'Ü'`},
+		{"header value", driver.ValidHeader("header", driver.Header{Name: "X-A", Value: "naïve"}), `'ï'`},
+		{"bidi override", driver.ValidHost("host", "a\u202eb.test", false), `'\u202e'`},
+	} {
+		if !errors.Is(tc.err, errcode.InvalidArgument) {
+			t.Errorf("%s: err = %v, want InvalidArgument", tc.what, tc.err)
+			continue
+		}
+		if msg := tc.err.Error(); !strings.Contains(msg, "contains "+tc.want) {
+			t.Errorf("%s: %q does not say it contains %s", tc.what, msg, tc.want)
+		}
+	}
+}
+
 func TestValidateRules(t *testing.T) {
 	base := func() *driver.Config { return drivertest.GoldenConfigs()["ingress"] }
 	for _, tc := range []struct {
