@@ -24,7 +24,10 @@ type Manifest struct {
 	Arch string `json:"arch"`
 	// Labels are free annotations. Keys are 1-128 characters of
 	// [A-Za-z0-9._/-] starting with a letter or digit; values are at most
-	// 1024 bytes of printable UTF-8.
+	// 1024 bytes of printable UTF-8 (unicode.IsPrint: letters, marks,
+	// numbers, punctuation, symbols and the ASCII space), so no control
+	// or format character such as U+202E RIGHT-TO-LEFT OVERRIDE can make a
+	// label display as something else.
 	Labels map[string]string `json:"labels,omitempty"`
 }
 
@@ -102,8 +105,12 @@ func validLabel(k, v string) error {
 	if k == "" || len(k) > 128 || strings.TrimFunc(k, keyChar) != "" || !isLowerAlnum(unicode.ToLower(rune(k[0]))) {
 		return errcode.New(errcode.InvalidArgument, "label key %.140q: use 1-128 characters of [A-Za-z0-9._/-] starting with a letter or digit", k)
 	}
-	if len(v) > 1024 || !utf8.ValidString(v) || strings.IndexFunc(v, unicode.IsControl) >= 0 {
+	if len(v) > 1024 || !utf8.ValidString(v) {
 		return errcode.New(errcode.InvalidArgument, "label %s: value must be at most 1024 bytes of printable UTF-8", k)
+	}
+	if i := strings.IndexFunc(v, func(r rune) bool { return !unicode.IsPrint(r) }); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(v[i:])
+		return errcode.New(errcode.InvalidArgument, "label %s: value contains %q (%U), a control, format or other non-printable character", k, r, r)
 	}
 	return nil
 }

@@ -65,11 +65,29 @@ func TestManifestValidate(t *testing.T) {
 		"label control":    func(m *Manifest) { m.Labels = map[string]string{"a": "x\x1b[31m"} },
 		"label long value": func(m *Manifest) { m.Labels = map[string]string{"a": strings.Repeat("x", 1025)} },
 		"label bad utf8":   func(m *Manifest) { m.Labels = map[string]string{"a": "\xff"} },
+		"label bidi value": func(m *Manifest) { m.Labels = map[string]string{"a": "exe.\u202etxt"} },
+		"label bidi key":   func(m *Manifest) { m.Labels = map[string]string{"a\u202e": "x"} },
+		"label isolate":    func(m *Manifest) { m.Labels = map[string]string{"a": "x\u2067y"} },
+		"label zero width": func(m *Manifest) { m.Labels = map[string]string{"a": "pay\u200bpal"} },
+		"label bom":        func(m *Manifest) { m.Labels = map[string]string{"a": "\ufeffx"} },
+		"label nel":        func(m *Manifest) { m.Labels = map[string]string{"a": "x\u0085y"} },
+		"label line sep":   func(m *Manifest) { m.Labels = map[string]string{"a": "x\u2028y"} },
 	} {
 		m := good
 		change(&m)
 		if err := m.Validate(); !errors.Is(err, errcode.InvalidArgument) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)
 		}
+	}
+	// The error names the character escaped, never the raw override.
+	m := good
+	m.Labels = map[string]string{"a": "exe.\u202etxt"}
+	if err := m.Validate(); err == nil || !strings.Contains(err.Error(), `'\u202e' (U+202E)`) || strings.ContainsRune(err.Error(), '\u202e') {
+		t.Errorf("bidi label error = %v, want it to name '\\u202e' (U+202E), escaped", err)
+	}
+	// Printable text in any script stays allowed.
+	m.Labels = map[string]string{"a": "Café 日本語 🚀 x-y_z/1.0"}
+	if err := m.Validate(); err != nil {
+		t.Errorf("printable label refused: %v", err)
 	}
 }
