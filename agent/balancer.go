@@ -7,9 +7,9 @@ import (
 	"net/http"
 	"sync/atomic"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
 	lbdriver "github.com/musterkit/muster/lb/driver"
+	"github.com/musterkit/muster/names"
 )
 
 // BalancerKind opens a load-balancer instance of one kind (HAProxy,
@@ -133,12 +133,12 @@ func (b *balancerClient) path(segments ...string) string {
 // check fails after Close, and validates what goes into a path, so that a
 // malformed name is InvalidArgument here rather than a route the agent does
 // not know.
-func (b *balancerClient) check(names ...string) error {
+func (b *balancerClient) check(values ...string) error {
 	if b.closed.Load() {
 		return errcode.New(errcode.FailedPrecondition, "balancer %q: closed", b.name)
 	}
-	for _, n := range names {
-		if err := image.ValidName(n); err != nil {
+	for _, n := range values {
+		if err := names.Label(n); err != nil {
 			return err
 		}
 	}

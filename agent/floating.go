@@ -9,9 +9,9 @@ import (
 	"net/http"
 	"sync/atomic"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
 	hadriver "github.com/musterkit/muster/ha/driver"
+	"github.com/musterkit/muster/names"
 )
 
 // FloatingIPKind opens a floating-IP speaker of one kind (keepalived,
@@ -110,12 +110,12 @@ type floatingClient struct {
 
 var _ hadriver.Driver = (*floatingClient)(nil)
 
-func (f *floatingClient) check(names ...string) error {
+func (f *floatingClient) check(values ...string) error {
 	if f.closed.Load() {
 		return errcode.New(errcode.FailedPrecondition, "floating IP group %q: closed", f.name)
 	}
-	for _, n := range names {
-		if err := image.ValidName(n); err != nil {
+	for _, n := range values {
+		if err := names.Label(n); err != nil {
 			return err
 		}
 	}

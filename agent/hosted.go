@@ -16,8 +16,8 @@ import (
 
 	"github.com/google/renameio/v2"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // Kind opens an instance of one kind of driver (HAProxy, keepalived,
@@ -80,7 +80,7 @@ func openHosted[D io.Closer, C any](ctx context.Context, h *Hosted[D, C]) (*Host
 	var errs []error
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || image.ValidName(name) != nil {
+		if !ok || names.Label(name) != nil {
 			continue
 		}
 		var rec record[C]
@@ -120,7 +120,7 @@ func (h *Hosted[D, C]) List() []Info {
 // an unknown kind errcode.Unimplemented. An instance that this call
 // started and that fails to apply cfg is removed again.
 func (h *Hosted[D, C]) Deploy(ctx context.Context, name, kind string, cfg *C) error {
-	if err := image.ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return err
 	}
 	if cfg == nil {
@@ -214,7 +214,7 @@ func (h *Hosted[D, C]) Running(name string) (D, bool) {
 // match, as for Deploy.
 func (h *Hosted[D, C]) Driver(ctx context.Context, name, kind string) (D, error) {
 	var zero D
-	if err := image.ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return zero, err
 	}
 	open, ok := h.kinds[kind]

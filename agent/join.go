@@ -27,8 +27,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // tokenPrefix starts every join token; the number is the token format's version.
@@ -234,7 +234,7 @@ func (a *Authority) join(req *joinRequest) (*x509.Certificate, error) {
 		return nil, errcode.New(errcode.InvalidArgument, "join: certificate request: %w", err)
 	}
 	name := csr.Subject.CommonName
-	if err := image.ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return nil, err
 	}
 	if len(csr.DNSNames) > 1 || len(csr.DNSNames) == 1 && csr.DNSNames[0] != name ||
@@ -268,7 +268,7 @@ func Join(ctx context.Context, joinURL, token, name string, ips []netip.Addr) (*
 	if err != nil {
 		return nil, err
 	}
-	if err := image.ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return nil, err
 	}
 	key, err := newKey(ECDSAP256)

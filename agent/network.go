@@ -4,8 +4,8 @@ import (
 	"context"
 	"net/http"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	netdriver "github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/preflight"
 )
@@ -102,7 +102,7 @@ func (n *networkClient) EnsureNetwork(ctx context.Context, spec *netdriver.Spec)
 }
 
 func (n *networkClient) DeleteNetwork(ctx context.Context, id string) error {
-	if err := image.ValidName(id); err != nil {
+	if err := names.Label(id); err != nil {
 		return err
 	}
 	_, err := call[struct{}](ctx, n.c, http.MethodDelete, n.path(id), nil)
@@ -110,7 +110,7 @@ func (n *networkClient) DeleteNetwork(ctx context.Context, id string) error {
 }
 
 func (n *networkClient) SetPeers(ctx context.Context, id string, peers []netdriver.Peer) error {
-	if err := image.ValidName(id); err != nil {
+	if err := names.Label(id); err != nil {
 		return err
 	}
 	if peers == nil {
@@ -169,7 +169,7 @@ func (p preflightClient) Respond(ctx context.Context, req *preflight.RespondRequ
 }
 
 func (p preflightClient) StopResponding(ctx context.Context, id string) error {
-	if err := image.ValidName(id); err != nil {
+	if err := names.Label(id); err != nil {
 		return err
 	}
 	_, err := call[struct{}](ctx, p.c, http.MethodDelete, apiPath("preflight", "responders", id), nil)

@@ -21,8 +21,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // KeyAlgorithm is the signature algorithm of a CA and of the keys it issues.
@@ -168,7 +168,7 @@ func (ca *CA) Issue(name string, ips []netip.Addr, ttl time.Duration, usage Usag
 
 // sign certifies pub for name and ips between notBefore and notAfter.
 func (ca *CA) sign(pub crypto.PublicKey, name string, ips []netip.Addr, notBefore, notAfter time.Time, usage Usage) (*x509.Certificate, error) {
-	if err := image.ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return nil, fmt.Errorf("certificate name: %w", err)
 	}
 	if !notAfter.After(notBefore) || usage&UsageAgent == 0 || usage&^UsageAgent != 0 {

@@ -19,6 +19,7 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	netdriver "github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/preflight"
 )
@@ -337,7 +338,7 @@ func (s *Server) serveTransfer(w http.ResponseWriter, r *http.Request, pipe func
 // validate checks a push or pull request.
 func (req *transferRequest) validate() error {
 	if req.Rename != "" {
-		if err := image.ValidName(req.Rename); err != nil {
+		if err := names.Label(req.Rename); err != nil {
 			return fmt.Errorf("rename: %w", err)
 		}
 	}
@@ -358,7 +359,7 @@ func (req *transferRequest) validate() error {
 		return errcode.New(errcode.InvalidArgument, "peer address %q: the host name is longer than 253 bytes", req.Peer)
 	}
 	for label := range strings.SplitSeq(host, ".") {
-		if err := image.ValidName(label); err != nil {
+		if err := names.Label(label); err != nil {
 			return errcode.New(errcode.InvalidArgument, "peer address %q: the host is neither an IP address nor a DNS name: %w", req.Peer, err)
 		}
 	}

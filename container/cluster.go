@@ -17,6 +17,7 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // Cluster is a set of named servers. It lists containers across them and
@@ -46,7 +47,7 @@ func NewCluster(opts *ClusterOptions) *Cluster {
 
 // Add joins a server to the cluster under name, a DNS label.
 func (c *Cluster) Add(name string, s *Server) error {
-	if err := image.ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return fmt.Errorf("add server %q: %w", name, err)
 	}
 	if s == nil {
@@ -371,7 +372,7 @@ func (c *Cluster) transfer(ctx context.Context, name, from, to string, opts *Tra
 		o = *opts
 	}
 	if o.Rename != "" {
-		if err := image.ValidName(o.Rename); err != nil {
+		if err := names.Label(o.Rename); err != nil {
 			return nil, fmt.Errorf("%s container %q: %w", op, name, err)
 		}
 	}

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/container/driver"
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // The portable names of the driver package's types.
@@ -204,7 +204,7 @@ func (s *Server) Import(ctx context.Context, r io.Reader, rename string) (*Info,
 		return nil, unimplemented("import", rename)
 	}
 	if rename != "" {
-		if err := image.ValidName(rename); err != nil {
+		if err := names.Label(rename); err != nil {
 			return nil, fmt.Errorf("import container as %q: %w", rename, err)
 		}
 	}
@@ -252,7 +252,7 @@ func (s *Server) snapshotter(ctx context.Context, op, name, other string, f func
 		return unimplemented(op, name)
 	}
 	if other != "" {
-		if err := image.ValidName(other); err != nil {
+		if err := names.Label(other); err != nil {
 			return fmt.Errorf("%s container %q: %w", op, name, err)
 		}
 	}
@@ -262,7 +262,7 @@ func (s *Server) snapshotter(ctx context.Context, op, name, other string, f func
 // call validates name, runs f and wraps its error with the operation and
 // the container's name.
 func (s *Server) call(ctx context.Context, op, name string, f func() error) error {
-	if err := image.ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return fmt.Errorf("%s container %q: %w", op, name, err)
 	}
 	return s.done(ctx, op, name, f())

@@ -8,6 +8,7 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // PutImage stores an image blob in the server's store under m.Name. If
@@ -17,7 +18,7 @@ func (s *Server) PutImage(ctx context.Context, m *image.Manifest, blob io.Reader
 	if m == nil {
 		return nil, errcode.New(errcode.InvalidArgument, "put image: nil manifest")
 	}
-	if err := image.ValidName(m.Name); err != nil {
+	if err := names.Label(m.Name); err != nil {
 		return nil, fmt.Errorf("put image %q: %w", m.Name, err)
 	}
 	if m.Digest != "" {

@@ -35,8 +35,8 @@ import (
 	"github.com/google/renameio/v2"
 
 	"github.com/musterkit/muster/container"
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/ipam"
 	"github.com/musterkit/muster/network/preflight"
@@ -120,7 +120,7 @@ func Open(dir string, opts *Options) (*Fabric, error) {
 // AddServer adds a server, named by a DNS label, whose peers reach it at
 // underlay. Networks already ensured reach it at their next Ensure.
 func (f *Fabric) AddServer(name string, srv Server, underlay netip.Addr) error {
-	if err := image.ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return fmt.Errorf("add server %q: %w", name, err)
 	}
 	if !underlay.IsValid() {
@@ -217,7 +217,7 @@ func (f *Fabric) checkSpec(spec *Spec) (bool, error) {
 	if spec == nil {
 		return false, errcode.New(errcode.InvalidArgument, "nil spec")
 	}
-	if err := image.ValidName(spec.ID); err != nil {
+	if err := names.Label(spec.ID); err != nil {
 		return false, err
 	}
 	if !slices.Contains([]driver.Mode{driver.VXLAN, driver.WireGuard, driver.BGP, driver.VXLANOverWireGuard}, spec.Mode) {
@@ -467,7 +467,7 @@ func (f *Fabric) forget(id string) error {
 // layer-3 modes) and the MTU. Attaching the same container again returns
 // the same address.
 func (f *Fabric) Attach(ctx context.Context, id, server, ctr string) (container.Network, error) {
-	if err := image.ValidName(ctr); err != nil {
+	if err := names.Label(ctr); err != nil {
 		return container.Network{}, fmt.Errorf("attach %q to network %q: %w", ctr, id, err)
 	}
 	spec, err := f.load(id)
@@ -557,7 +557,7 @@ func (f *Fabric) save(spec *Spec) error {
 }
 
 func (f *Fabric) load(id string) (*Spec, error) {
-	if err := image.ValidName(id); err != nil {
+	if err := names.Label(id); err != nil {
 		return nil, err
 	}
 	data, err := os.ReadFile(f.specPath(id))

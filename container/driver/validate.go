@@ -6,8 +6,8 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // Validate reports the first problem with spec as an errcode.InvalidArgument
@@ -15,7 +15,7 @@ import (
 // a DNS label or interface name, every path absolute and clean, and no
 // string holds a control character.
 func (s *Spec) Validate() error {
-	if err := image.ValidName(s.Name); err != nil {
+	if err := names.Label(s.Name); err != nil {
 		return err
 	}
 	if err := ValidImageRef(s.Image); err != nil {
@@ -46,11 +46,11 @@ func (s *Spec) Validate() error {
 	}
 	ifaces := map[string]bool{}
 	for i, n := range s.Networks {
-		if err := ValidInterfaceName(n.Bridge); err != nil {
+		if err := names.Interface(n.Bridge); err != nil {
 			return fmt.Errorf("network %d bridge: %w", i, err)
 		}
 		name := n.InterfaceName(i)
-		if err := ValidInterfaceName(name); err != nil {
+		if err := names.Interface(name); err != nil {
 			return fmt.Errorf("network %d interface: %w", i, err)
 		}
 		if ifaces[name] {
@@ -95,22 +95,8 @@ func ValidImageRef(ref string) error {
 		}
 		return nil
 	}
-	if err := image.ValidName(ref); err != nil {
+	if err := names.Label(ref); err != nil {
 		return fmt.Errorf("image reference: %w", err)
-	}
-	return nil
-}
-
-// ValidInterfaceName accepts a Linux interface name: 1 to 15 characters of
-// letters, digits, '-', '_' and '.', not "." or "..".
-func ValidInterfaceName(s string) error {
-	if len(s) == 0 || len(s) > 15 || s == "." || s == ".." {
-		return errcode.New(errcode.InvalidArgument, "interface name %q must be 1 to 15 characters", s)
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			return errcode.New(errcode.InvalidArgument, "interface name %q may hold only letters, digits, '-', '_' and '.'", s)
-		}
 	}
 	return nil
 }

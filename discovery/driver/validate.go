@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 var (
@@ -22,7 +22,7 @@ func bad(format string, args ...any) error {
 
 // ValidService returns nil if name can be a service's name: a DNS label.
 func ValidService(name string) error {
-	if err := image.ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return bad("service name %q is not a DNS label", name)
 	}
 	return nil
@@ -57,7 +57,7 @@ func (i *Instance) Validate() error {
 		return bad("instance %s: port 0", i.ID)
 	}
 	for j, t := range i.Tags {
-		if image.ValidName(t) != nil {
+		if names.Label(t) != nil {
 			return bad("instance %s: tag %q is not a DNS label", i.ID, t)
 		}
 		if slices.Contains(i.Tags[:j], t) {

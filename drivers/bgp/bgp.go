@@ -2,8 +2,6 @@ package bgp
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +15,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -495,16 +494,9 @@ func probeMD5(underlay netip.Addr) error {
 	return nil
 }
 
-// bridgeName returns the bridge of network id: "mbg-" and the ID if that
-// fits the 15 bytes of an interface name, else "mbg-", the ID's first four
-// bytes, '_' (which no ID holds) and six hex digits of its SHA-256.
-func bridgeName(id string) string {
-	if name := bridgePrefix + id; len(name) <= 15 {
-		return name
-	}
-	sum := sha256.Sum256([]byte(id))
-	return bridgePrefix + id[:4] + "_" + hex.EncodeToString(sum[:3])
-}
+// bridgeName returns the bridge of network id, by the link scheme of
+// package names with the prefix "mbg-".
+func bridgeName(id string) string { return names.Link(bridgePrefix, id) }
 
 func clonePeers(peers []driver.Peer) []driver.Peer {
 	c := slices.Clone(peers)

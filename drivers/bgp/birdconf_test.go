@@ -12,9 +12,9 @@ import (
 	"text/template"
 	"time"
 
-	containerdriver "github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/internal/golden"
 	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/names"
 )
 
 // BIRD 2 is the independent peer of the interop test. Its configuration
@@ -63,7 +63,7 @@ func (c *birdConfig) validate() error {
 		if !s.Prefix.IsValid() || !s.Prefix.Addr().Is4() || s.Prefix != s.Prefix.Masked() {
 			return fmt.Errorf("static prefix %s is not a masked IPv4 prefix", s.Prefix)
 		}
-		if err := containerdriver.ValidInterfaceName(s.Interface); err != nil {
+		if err := names.Interface(s.Interface); err != nil {
 			return err
 		}
 	}

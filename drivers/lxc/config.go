@@ -10,8 +10,8 @@ import (
 	"strings"
 
 	"github.com/musterkit/muster/container/driver"
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // cpuPeriod is the CFS period, in microseconds, that CPU limits are
@@ -57,7 +57,7 @@ var devicesAllowed = []string{
 // absolute and clean and hold no whitespace, control or special characters.
 // A limit whose cgroup controller the host lacks is errcode.Unimplemented.
 func renderConfig(spec *driver.Spec, env configEnv) ([]byte, error) {
-	if err := image.ValidName(spec.Name); err != nil {
+	if err := names.Label(spec.Name); err != nil {
 		return nil, err
 	}
 	if err := configPath("lxcpath", env.LXCPath); err != nil {
@@ -168,11 +168,11 @@ func renderConfig(spec *driver.Spec, env configEnv) ([]byte, error) {
 	}
 	for i, n := range spec.Networks {
 		k := fmt.Sprintf("lxc.net.%d.", i)
-		if err := driver.ValidInterfaceName(n.Bridge); err != nil {
+		if err := names.Interface(n.Bridge); err != nil {
 			return nil, fmt.Errorf("network %d bridge: %w", i, err)
 		}
 		name := n.InterfaceName(i)
-		if err := driver.ValidInterfaceName(name); err != nil {
+		if err := names.Interface(name); err != nil {
 			return nil, fmt.Errorf("network %d interface: %w", i, err)
 		}
 		// No lxc.net.N.link: LXC finds bridges under /sys/class/net, which

@@ -29,6 +29,7 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 var (
@@ -135,7 +136,7 @@ func (d *Driver) path(name string, elem ...string) string {
 
 // readMeta returns a container's record: errcode.NotFound if there is none.
 func (d *Driver) readMeta(name string) (*meta, error) {
-	if err := image.ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return nil, err
 	}
 	b, err := os.ReadFile(d.path(name, metaFile))
@@ -664,7 +665,7 @@ func (d *Driver) List(ctx context.Context) ([]*driver.Info, error) {
 	}
 	infos := []*driver.Info{}
 	for _, e := range entries { // sorted by name
-		if !e.IsDir() || image.ValidName(e.Name()) != nil {
+		if !e.IsDir() || names.Label(e.Name()) != nil {
 			continue
 		}
 		info, err := d.Get(ctx, e.Name())

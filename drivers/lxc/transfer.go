@@ -18,6 +18,7 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // A snapshot lives in <container>/snapshots/<name>/: its rootfs and a
@@ -54,7 +55,7 @@ func copyTree(ctx context.Context, src, dst string) error {
 
 // Snapshot implements driver.Snapshotter.
 func (d *Driver) Snapshot(ctx context.Context, name, snapshot string) error {
-	if err := image.ValidName(snapshot); err != nil {
+	if err := names.Label(snapshot); err != nil {
 		return fmt.Errorf("snapshot name: %w", err)
 	}
 	_, unlock, err := d.lockStopped(ctx, name)
@@ -115,7 +116,7 @@ func (d *Driver) Snapshots(ctx context.Context, name string) ([]driver.SnapshotI
 // Restore implements driver.Snapshotter. The snapshot's copy is made
 // beside the container, then swapped in.
 func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
-	if err := image.ValidName(snapshot); err != nil {
+	if err := names.Label(snapshot); err != nil {
 		return fmt.Errorf("snapshot name: %w", err)
 	}
 	_, unlock, err := d.lockStopped(ctx, name)
@@ -144,7 +145,7 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 // Clone implements driver.Snapshotter: the copy keeps the spec but its
 // network addresses and gateways, and gets no snapshots.
 func (d *Driver) Clone(ctx context.Context, src, dst string) (*driver.Info, error) {
-	if err := image.ValidName(dst); err != nil {
+	if err := names.Label(dst); err != nil {
 		return nil, err
 	}
 	if _, err := d.readMeta(dst); err == nil {
@@ -185,7 +186,7 @@ func (d *Driver) Export(ctx context.Context, name string, w io.Writer) error {
 // staging directory, which is removed on any error.
 func (d *Driver) Import(ctx context.Context, r io.Reader, rename string) (*driver.Info, error) {
 	if rename != "" {
-		if err := image.ValidName(rename); err != nil {
+		if err := names.Label(rename); err != nil {
 			return nil, err
 		}
 	}

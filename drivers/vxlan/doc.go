@@ -22,9 +22,9 @@
 //     UDP destination port spec.Port (default 4789), local address
 //     spec.Underlay, learning off and no multicast group.
 //
-// suffix is id itself when id has at most 11 bytes, otherwise its first five
-// bytes, a dot and five hex digits of the FNV-1a hash of id (15 bytes in
-// all, the kernel's limit). A dot never occurs in an ID (a DNS label), so
+// suffix is id itself when id has at most 11 bytes, otherwise its first four
+// bytes, '_' and six hex digits of its SHA-256 (15 bytes in all, the
+// kernel's limit; names.Link). '_' never occurs in an ID (a DNS label), so
 // the two forms never meet; a hash clash between two long IDs, or any other
 // link already holding the name, is detected because both devices carry the
 // alias "muster-vxlan id=<id> ...": EnsureNetwork then fails with

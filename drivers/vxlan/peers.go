@@ -9,8 +9,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -159,16 +159,16 @@ func checkPeers(spec *driver.Spec, peers []driver.Peer) error {
 	bad := func(format string, args ...any) error {
 		return errcode.New(errcode.InvalidArgument, "vxlan: network "+spec.ID+": "+format, args...)
 	}
-	names := map[string]bool{}
+	seen := map[string]bool{}
 	underlays := map[netip.Addr]bool{}
 	macs := map[string]bool{}
 	addrs := map[netip.Addr]bool{}
 	for _, p := range peers {
 		u := p.Underlay
 		switch {
-		case image.ValidName(p.Name) != nil:
+		case names.Label(p.Name) != nil:
 			return bad("peer name %q is not a DNS label", p.Name)
-		case names[p.Name]:
+		case seen[p.Name]:
 			return bad("duplicate peer %s", p.Name)
 		case !u.IsValid() || u.IsUnspecified() || u.IsMulticast() || u.Zone() != "":
 			return bad("peer %s: bad underlay address %v", p.Name, u)
@@ -179,7 +179,7 @@ func checkPeers(spec *driver.Spec, peers []driver.Peer) error {
 		case underlays[u]:
 			return bad("peer %s: underlay %v used by another peer", p.Name, u)
 		}
-		names[p.Name], underlays[u] = true, true
+		seen[p.Name], underlays[u] = true, true
 		for _, ep := range p.Endpoints {
 			a := ep.Address
 			switch {

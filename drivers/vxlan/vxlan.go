@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -14,8 +13,8 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/vishvananda/netlink"
 )
@@ -29,7 +28,6 @@ const (
 	aliasPrefix  = "muster-vxlan "
 	overheadV4   = 50 // outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 	overheadV6   = 70 // outer IPv6 40 + ...
-	maxSuffix    = 11 // 15 - len("mbr-")
 )
 
 var _ driver.Driver = (*Driver)(nil)
@@ -74,7 +72,7 @@ func Open(ctx context.Context, opts *Options) (*Driver, error) {
 		opts = &Options{}
 	}
 	if opts.Over != "" {
-		if err := image.ValidName(opts.Over); err != nil {
+		if err := names.Label(opts.Over); err != nil {
 			return nil, fmt.Errorf("vxlan: Options.Over: %w", err)
 		}
 	}
@@ -124,15 +122,10 @@ func (d *Driver) checkOpen() error {
 	return nil
 }
 
-// LinkNames returns the names of network id's bridge and VXLAN device.
+// LinkNames returns the names of network id's bridge and VXLAN device, by
+// the link scheme of package names.
 func LinkNames(id string) (bridge, vxlan string) {
-	suffix := id
-	if len(id) > maxSuffix {
-		f := fnv.New32a()
-		f.Write([]byte(id))
-		suffix = fmt.Sprintf("%s.%05x", id[:5], f.Sum32()&0xfffff)
-	}
-	return bridgePrefix + suffix, vxlanPrefix + suffix
+	return names.Link(bridgePrefix, id), names.Link(vxlanPrefix, id)
 }
 
 // meta is what the links' alias records: what the kernel's attributes do
@@ -579,7 +572,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 
 // checkID validates a network ID as Spec.Validate does.
 func checkID(id string) error {
-	if err := image.ValidName(id); err != nil {
+	if err := names.Label(id); err != nil {
 		return fmt.Errorf("vxlan: network ID: %w", err)
 	}
 	return nil

@@ -13,7 +13,7 @@
 // and the few calls bound to the calling thread's namespace (creating the
 // TUN device, opening the WireGuard UDP socket, writing the forwarding
 // sysctl) run through Options.Do, on one locked thread switched into the
-// server's namespace (testhost.Host.Do or InNamespace).
+// server's namespace (testhost.Host.Do or namespace.Runner).
 //
 // # Userspace device
 //

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/musterkit/muster/drivers/wireguard"
+	"github.com/musterkit/muster/namespace"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -25,7 +26,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer h.Close()
-	d, err := wireguard.Open(ctx, &wireguard.Options{Handle: h, Do: wireguard.InNamespace(ns)})
+	d, err := wireguard.Open(ctx, &wireguard.Options{Handle: h, Do: namespace.Runner(ns)})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"maps"
 	"net"
@@ -23,9 +22,9 @@ import (
 
 	"github.com/musterkit/muster/drivers/vxlan"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -43,7 +42,6 @@ const (
 	bridgePrefix = "mwb-"
 	devicePrefix = "mwg"
 	aliasPrefix  = "muster-wireguard id="
-	maxSuffix    = 11 // 15 - len(bridgePrefix)
 )
 
 var _ driver.Driver = (*Driver)(nil)
@@ -56,7 +54,7 @@ type Options struct {
 	// which Close closes; a given handle stays the caller's.
 	Handle *netlink.Handle
 	// Do runs fn on a locked OS thread inside the same namespace as
-	// Handle, as testhost.Host.Do and InNamespace do. The driver creates
+	// Handle, as testhost.Host.Do and namespace.Runner do. The driver creates
 	// the TUN device and the WireGuard UDP socket through it, and writes
 	// the namespace's forwarding sysctl. Nil runs fn on a locked thread
 	// of the calling process's namespace.
@@ -64,34 +62,6 @@ type Options struct {
 	// Logger receives the driver's and the WireGuard devices' log; nil
 	// discards it.
 	Logger *slog.Logger
-}
-
-// InNamespace returns an Options.Do for namespace ns: it locks the
-// goroutine to its OS thread, switches the thread into ns, runs fn and
-// switches back. If switching back fails the thread stays locked, so the
-// runtime destroys it instead of reusing a thread in the wrong namespace.
-// It is the package's one thread-bound namespace switch; ns stays the
-// caller's and must stay open while the driver is used.
-func InNamespace(ns netns.NsHandle) func(func() error) error {
-	return func(fn func() error) error {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			return fmt.Errorf("current namespace: %w", err)
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			return fmt.Errorf("entering namespace: %w", err)
-		}
-		defer func() {
-			if netns.Set(orig) == nil {
-				runtime.UnlockOSThread()
-			}
-		}()
-		return fn()
-	}
 }
 
 // currentNamespace is Options.Do when none is given.
@@ -235,18 +205,9 @@ func (d *Driver) lockNetwork(ctx context.Context, id string) (_ *network, unlock
 	return n, d.mu.Unlock, nil
 }
 
-// BridgeName returns the name of network id's bridge: "mwb-" and id when
-// id has at most 11 bytes, otherwise "mwb-", id's first five bytes, a dot
-// (which no ID holds) and five hex digits of its FNV-1a hash.
-func BridgeName(id string) string {
-	suffix := id
-	if len(id) > maxSuffix {
-		f := fnv.New32a()
-		f.Write([]byte(id))
-		suffix = fmt.Sprintf("%s.%05x", id[:5], f.Sum32()&0xfffff)
-	}
-	return bridgePrefix + suffix
-}
+// BridgeName returns the name of network id's bridge, by the link scheme
+// of package names with the prefix "mwb-".
+func BridgeName(id string) string { return names.Link(bridgePrefix, id) }
 
 // DeviceName returns the name of network id's WireGuard device in the
 // namespace whose inode is nsInode: "mwg" and 12 hex digits of the SHA-256

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 func invalid(format string, args ...any) error {
@@ -26,20 +27,6 @@ func ValidName(what, s string) error {
 	for _, c := range []byte(s) {
 		if !isLetter(c) && !isDigit(c) && c != '_' && c != '-' {
 			return invalid("%s %.80q contains %q; use letters, digits, '_' and '-'", what, s, c)
-		}
-	}
-	return nil
-}
-
-// ValidInterface checks a Linux interface name: 1 to 15 bytes of letters,
-// digits, '.', '_' and '-', not "." or "..".
-func ValidInterface(s string) error {
-	if s == "" || len(s) > 15 || s == "." || s == ".." {
-		return invalid("interface %.80q is not a Linux interface name of 1 to 15 bytes", s)
-	}
-	for _, c := range []byte(s) {
-		if !isLetter(c) && !isDigit(c) && c != '.' && c != '_' && c != '-' {
-			return invalid("interface %.80q contains %q; use letters, digits, '.', '_' and '-'", s, c)
 		}
 	}
 	return nil
@@ -82,7 +69,7 @@ func (c *Config) Validate() error {
 	if c.VirtualRouterID < MinVRID || c.VirtualRouterID > MaxVRID {
 		return invalid("virtual router ID %d is outside %d..%d", c.VirtualRouterID, MinVRID, MaxVRID)
 	}
-	if err := ValidInterface(c.Interface); err != nil {
+	if err := names.Interface(c.Interface); err != nil {
 		return err
 	}
 	if c.Priority < MinPriority || c.Priority > MaxPriority {

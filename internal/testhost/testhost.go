@@ -35,7 +35,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +44,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/namespace"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -346,7 +346,7 @@ func closeNs(h *netns.NsHandle) {
 // the host's namespace for their whole life. Goroutines that fn starts do not
 // run in the namespace.
 func (h *Host) Do(fn func() error) error {
-	return inNetns(h.ns, fn)
+	return namespace.Run(h.ns, fn)
 }
 
 // Handle returns a netlink handle operating in the host's namespace. The caller
@@ -365,34 +365,6 @@ func (h *Host) Listen(network, addr string) (net.Listener, error) {
 		return err
 	})
 	return l, err
-}
-
-// inNetns is the one place that moves an OS thread between network namespaces.
-// It locks the goroutine to its thread, switches the thread into ns, runs fn,
-// and switches back. If switching back fails, the thread is left locked so the
-// runtime destroys it when the goroutine exits instead of reusing a thread in
-// the wrong namespace.
-func inNetns(ns netns.NsHandle, fn func() error) error {
-	if !ns.IsOpen() {
-		return errors.New("testhost: namespace is closed")
-	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("testhost: current namespace: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("testhost: entering namespace: %w", err)
-	}
-	defer func() {
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-	}()
-	return fn()
 }
 
 // ipNetns runs `ip netns <verb> <name>`.

@@ -7,8 +7,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // vxlan reports whether m carries a layer-2 segment in VXLAN. These are the
@@ -37,7 +37,7 @@ func (m Mode) wireGuard() bool { return m == WireGuard || m == VXLANOverWireGuar
 //     ASCII characters, without quotes or backslashes. In other modes these
 //     four are zero.
 func (s *Spec) Validate() error {
-	if err := image.ValidName(s.ID); err != nil {
+	if err := names.Label(s.ID); err != nil {
 		return fmt.Errorf("network ID: %w", err)
 	}
 	if !slices.Contains([]Mode{VXLAN, WireGuard, BGP, VXLANOverWireGuard}, s.Mode) {
@@ -116,7 +116,7 @@ func ValidatePeers(spec *Spec, peers []Peer) error {
 	if err := spec.Validate(); err != nil {
 		return err
 	}
-	names := map[string]bool{}
+	seen := map[string]bool{}
 	underlays := map[netip.Addr]string{}
 	keys := map[string]string{}
 	endpoints := map[netip.Addr]string{}
@@ -125,13 +125,13 @@ func ValidatePeers(spec *Spec, peers []Peer) error {
 		ranges[spec.Local.Masked()] = "this server's range"
 	}
 	for _, p := range peers {
-		if err := image.ValidName(p.Name); err != nil {
+		if err := names.Label(p.Name); err != nil {
 			return fmt.Errorf("peer name: %w", err)
 		}
-		if names[p.Name] {
+		if seen[p.Name] {
 			return errcode.New(errcode.InvalidArgument, "peer %q is listed twice", p.Name)
 		}
-		names[p.Name] = true
+		seen[p.Name] = true
 		if err := validPeer(spec, &p); err != nil {
 			return err
 		}

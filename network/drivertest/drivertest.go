@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	containerdriver "github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/network/driver"
 )
 
@@ -135,7 +135,7 @@ func testEnsureIdempotent(t *testing.T, s *suite) {
 		st.Spec.Local != spec.Local || st.Spec.Underlay != spec.Underlay || st.Spec.VNI != spec.VNI {
 		t.Fatalf("EnsureNetwork returned spec %+v, not what was ensured (%+v)", st.Spec, *spec)
 	}
-	if err := containerdriver.ValidInterfaceName(st.Bridge); err != nil {
+	if err := names.Interface(st.Bridge); err != nil {
 		t.Fatalf("bridge: %v", err)
 	}
 	if st.MTU < 576 || spec.MTU != 0 && st.MTU != spec.MTU {

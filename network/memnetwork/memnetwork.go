@@ -11,15 +11,14 @@ package memnetwork
 import (
 	"context"
 	"crypto/ecdh"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"maps"
 	"slices"
 	"strings"
 	"sync"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/network/driver"
 )
 
@@ -143,16 +142,9 @@ func (d *Driver) Capabilities() driver.Capabilities {
 // the networks stay.
 func (d *Driver) Close() error { return nil }
 
-// BridgeName returns the bridge of network id on a memnetwork server: "mst-" and the ID if that
-// fits the 15 bytes of an interface name, else "mst-", the ID's first four
-// bytes, '_' (which no ID holds) and six hex digits of its SHA-256.
-func BridgeName(id string) string {
-	if name := "mst-" + id; len(name) <= 15 {
-		return name
-	}
-	sum := sha256.Sum256([]byte(id))
-	return "mst-" + id[:4] + "_" + hex.EncodeToString(sum[:3])
-}
+// BridgeName returns the bridge of network id on a memnetwork server, by
+// the link scheme of package names with the prefix "mst-".
+func BridgeName(id string) string { return names.Link("mst-", id) }
 
 // publicKey returns the WireGuard public key of a base64 private key:
 // X25519 of the key and the base point.

@@ -25,8 +25,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/network/driver"
 )
 
@@ -359,11 +359,11 @@ func checkTargets(plan Plan, targets []Target) error {
 	if len(targets) < 2 {
 		return errcode.New(errcode.InvalidArgument, "preflight: %d servers; need two or more", len(targets))
 	}
-	names := map[string]bool{}
+	seen := map[string]bool{}
 	addrs := map[netip.Addr]bool{}
 	var errs []error
 	for _, t := range targets {
-		if err := image.ValidName(t.Name); err != nil {
+		if err := names.Label(t.Name); err != nil {
 			errs = append(errs, err)
 		}
 		if err := validAddr("underlay", t.Underlay); err != nil {
@@ -372,10 +372,10 @@ func checkTargets(plan Plan, targets []Target) error {
 		if t.Server == nil {
 			errs = append(errs, errcode.New(errcode.InvalidArgument, "preflight: server %q has no Server", t.Name))
 		}
-		if names[t.Name] || addrs[t.Underlay] || t.Underlay.Is4() != targets[0].Underlay.Is4() {
+		if seen[t.Name] || addrs[t.Underlay] || t.Underlay.Is4() != targets[0].Underlay.Is4() {
 			errs = append(errs, errcode.New(errcode.InvalidArgument, "preflight: server %q: name or underlay %v used twice, or families differ", t.Name, t.Underlay))
 		}
-		names[t.Name], addrs[t.Underlay] = true, true
+		seen[t.Name], addrs[t.Underlay] = true, true
 	}
 	if err := errors.Join(errs...); err != nil {
 		return errcode.Wrap(errcode.InvalidArgument, err)

@@ -27,8 +27,8 @@ import (
 
 	"github.com/google/renameio/v2"
 
-	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/network/driver"
 )
 
@@ -126,7 +126,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 	if err != nil && !errors.Is(err, errcode.NotFound) {
 		return err
 	}
-	if image.ValidName(id) == nil {
+	if names.Label(id) == nil {
 		d.mu.Lock()
 		rerr := os.Remove(d.path(id))
 		d.mu.Unlock()
@@ -149,7 +149,7 @@ func (d *Driver) Restore(ctx context.Context) ([]string, error) {
 	var errs []error
 	for _, e := range entries {
 		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || image.ValidName(id) != nil {
+		if !ok || names.Label(id) != nil {
 			continue
 		}
 		r, err := d.read(id)
