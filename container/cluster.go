@@ -45,8 +45,8 @@ func NewCluster(opts *ClusterOptions) *Cluster {
 	return c
 }
 
-// Add joins a server to the cluster under name, a DNS label.
-func (c *Cluster) Add(name string, s *Server) error {
+// AddServer joins a server to the cluster under name, a DNS label.
+func (c *Cluster) AddServer(name string, s *Server) error {
 	if err := names.Label(name); err != nil {
 		return fmt.Errorf("add server %q: %w", name, err)
 	}
@@ -62,9 +62,9 @@ func (c *Cluster) Add(name string, s *Server) error {
 	return nil
 }
 
-// Remove takes a server out of the cluster and returns it; its containers
-// are untouched.
-func (c *Cluster) Remove(name string) (*Server, error) {
+// RemoveServer takes a server out of the cluster and returns it; its
+// containers are untouched.
+func (c *Cluster) RemoveServer(name string) (*Server, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s, ok := c.servers[name]
@@ -174,11 +174,21 @@ type ImageEvent struct {
 	Bytes, Total int64
 }
 
+// ImageCopyOptions configure CopyImage. The zero value is usable.
+type ImageCopyOptions struct {
+	// Progress receives events from the copying goroutine as the blob
+	// streams; it must not block for long.
+	Progress func(ImageEvent)
+}
+
 // CopyImage copies an image from one server's store to another's unless
-// the target already holds it (then no event is reported). progress, if
-// not nil, receives events from the copying goroutine as the blob streams;
-// it must not block for long.
-func (c *Cluster) CopyImage(ctx context.Context, ref, from, to string, progress func(ImageEvent)) (*image.Manifest, error) {
+// the target already holds it (then no event is reported). opts may be
+// nil.
+func (c *Cluster) CopyImage(ctx context.Context, ref, from, to string, opts *ImageCopyOptions) (*image.Manifest, error) {
+	var progress func(ImageEvent)
+	if opts != nil {
+		progress = opts.Progress
+	}
 	src, dst, err := c.pair(from, to)
 	if err != nil {
 		return nil, fmt.Errorf("copy image %q: %w", ref, err)

@@ -78,7 +78,7 @@ func newClusterOf(t *testing.T, wrap func(*peered) peer) (*container.Cluster, []
 	for _, name := range []string{"a", "b", "c"} {
 		d := wrap(&peered{Driver: memcontainer.New(&memcontainer.Options{Hostname: name}), endpoint: name + ":7444", network: network})
 		network[name+":7444"] = d
-		if err := cl.Add(name, container.NewServer(d, nil)); err != nil {
+		if err := cl.AddServer(name, container.NewServer(d, nil)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -243,7 +243,7 @@ func TestTransferRejects(t *testing.T) {
 		t.Fatalf("b has no image yet, create: %v", err)
 	}
 	var events []container.ImageEvent
-	m, err := cl.CopyImage(ctx, "base", "a", "b", func(e container.ImageEvent) { events = append(events, e) })
+	m, err := cl.CopyImage(ctx, "base", "a", "b", &container.ImageCopyOptions{Progress: func(e container.ImageEvent) { events = append(events, e) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +259,7 @@ func TestTransferRejects(t *testing.T) {
 		t.Fatalf("last event %+v, want all %d bytes", last, m.Size)
 	}
 	again := 0
-	if _, err := cl.CopyImage(ctx, "base", "a", "b", func(container.ImageEvent) { again++ }); err != nil || again != 0 {
+	if _, err := cl.CopyImage(ctx, "base", "a", "b", &container.ImageCopyOptions{Progress: func(container.ImageEvent) { again++ }}); err != nil || again != 0 {
 		t.Fatalf("copying an image the target holds: %v, %d events", err, again)
 	}
 	if _, err := b.Create(ctx, &container.Spec{Name: "web", Image: "base"}); err != nil {
@@ -280,7 +280,7 @@ func TestDirectModesNeedDriverSupport(t *testing.T) {
 	ctx := context.Background()
 	cl, data := newCluster(t)
 	plain := container.NewServer(memcontainer.New(nil), nil)
-	if err := cl.Add("plain", plain); err != nil {
+	if err := cl.AddServer("plain", plain); err != nil {
 		t.Fatal(err)
 	}
 	for _, mode := range []container.TransferMode{container.Push, container.Pull} {
@@ -311,20 +311,20 @@ func TestDirectModesNeedDriverSupport(t *testing.T) {
 func TestClusterServers(t *testing.T) {
 	ctx := context.Background()
 	cl, _ := newCluster(t)
-	if err := cl.Add("a", container.NewServer(memcontainer.New(nil), nil)); !errors.Is(err, errcode.AlreadyExists) {
+	if err := cl.AddServer("a", container.NewServer(memcontainer.New(nil), nil)); !errors.Is(err, errcode.AlreadyExists) {
 		t.Fatalf("duplicate Add: %v", err)
 	}
-	if err := cl.Add("Not_A_Label", container.NewServer(memcontainer.New(nil), nil)); !errors.Is(err, errcode.InvalidArgument) {
+	if err := cl.AddServer("Not_A_Label", container.NewServer(memcontainer.New(nil), nil)); !errors.Is(err, errcode.InvalidArgument) {
 		t.Fatalf("invalid Add: %v", err)
 	}
 	st := cl.Servers(ctx)
 	if len(st) != 3 || st[0].Name != "a" || !st[0].Healthy() || st[0].Host.Running != 1 || st[0].Host.Hostname != "a" {
 		t.Fatalf("Servers = %+v", st)
 	}
-	if _, err := cl.Remove("c"); err != nil {
+	if _, err := cl.RemoveServer("c"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cl.Remove("c"); !errors.Is(err, errcode.NotFound) {
+	if _, err := cl.RemoveServer("c"); !errors.Is(err, errcode.NotFound) {
 		t.Fatalf("second Remove: %v", err)
 	}
 	if len(cl.Servers(ctx)) != 2 {

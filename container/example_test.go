@@ -44,7 +44,7 @@ func ExampleCluster_Move() {
 	ctx := context.Background()
 	cl := container.NewCluster(nil)
 	for _, name := range []string{"s1", "s2"} {
-		cl.Add(name, container.NewServer(memcontainer.New(nil), nil))
+		cl.AddServer(name, container.NewServer(memcontainer.New(nil), nil))
 	}
 	s1, _ := cl.Server("s1")
 	putBaseImage(ctx, s1)
@@ -75,7 +75,7 @@ func ExampleCluster_Move() {
 func putBaseImage(ctx context.Context, srv *container.Server) {
 	dir, _ := os.MkdirTemp("", "example-")
 	defer os.RemoveAll(dir)
-	store, _ := image.OpenStore(dir)
+	store, _ := image.OpenStore(dir, nil)
 	if _, err := image.BuildBase(ctx, store, "base", nil); err != nil {
 		log.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/discovery/driver"
+	"github.com/musterkit/muster/errcode"
 )
 
 // The model, from package driver.
@@ -53,8 +54,12 @@ type Registry struct {
 	retry time.Duration
 }
 
-// New returns a Registry over d.
-func New(d driver.Driver, opts *Options) *Registry {
+// New returns a Registry over d, which it owns from then on (Close closes
+// it). opts may be nil.
+func New(d driver.Driver, opts *Options) (*Registry, error) {
+	if d == nil {
+		return nil, errcode.New(errcode.InvalidArgument, "discovery: nil driver")
+	}
 	r := &Registry{d: d, log: slog.New(slog.DiscardHandler), retry: time.Second}
 	if opts != nil {
 		if opts.Logger != nil {
@@ -64,8 +69,11 @@ func New(d driver.Driver, opts *Options) *Registry {
 			r.retry = opts.Retry
 		}
 	}
-	return r
+	return r, nil
 }
+
+// Close closes the registry's driver. Watches end.
+func (r *Registry) Close() error { return r.d.Close() }
 
 // Driver returns the registry's driver.
 func (r *Registry) Driver() driver.Driver { return r.d }
@@ -108,15 +116,11 @@ func (r *Registry) PassTTL(ctx context.Context, id string) error {
 // Resolve returns service's passing instances (with tag, if not empty),
 // sorted by ID.
 func (r *Registry) Resolve(ctx context.Context, service, tag string) ([]Entry, error) {
-	if err := driver.ValidService(service); err != nil {
+	q := driver.Query{Service: service, Tag: tag}
+	if err := q.Validate(); err != nil {
 		return nil, fmt.Errorf("resolve: %w", err)
 	}
-	if tag != "" {
-		if err := driver.ValidService(tag); err != nil {
-			return nil, fmt.Errorf("resolve %s: tag: %w", service, err)
-		}
-	}
-	es, err := r.d.Resolve(ctx, service, tag, false)
+	es, err := r.d.Resolve(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", service, err)
 	}

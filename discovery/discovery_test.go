@@ -37,7 +37,11 @@ func ids(es []discovery.Entry) []string {
 
 func TestWatchStreamsAndResumes(t *testing.T) {
 	ctx := context.Background()
-	reg := discovery.New(memdiscovery.New(nil), nil)
+	reg, err := discovery.New(memdiscovery.New(nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
 	inst := func(id string) *discovery.Instance {
 		return &discovery.Instance{ID: id, Service: "mysql", Address: "198.19.0.10", Port: 3306}
 	}
@@ -98,7 +102,10 @@ func TestWatchReportsErrorsAndGoesOn(t *testing.T) {
 	defer cancel()
 	mem := memdiscovery.New(nil)
 	mem.Register(ctx, &discovery.Instance{ID: "w1", Service: "web", Address: "198.19.0.20", Port: 80})
-	reg := discovery.New(&flaky{Driver: mem, fails: 2}, &discovery.Options{Retry: 10 * time.Millisecond})
+	reg, err := discovery.New(&flaky{Driver: mem, fails: 2}, &discovery.Options{Retry: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ch, err := reg.Watch(ctx, "web", 0)
 	if err != nil {
 		t.Fatal(err)

@@ -36,7 +36,11 @@ func TestPublisher(t *testing.T) {
 	run("broken", "198.19.0.11/24", map[string]string{discovery.LabelService: "mysql", discovery.LabelPort: "nope"})
 	run("plain", "198.19.0.12/24", nil)
 
-	reg := discovery.New(memdiscovery.New(nil), nil)
+	reg, err := discovery.New(memdiscovery.New(nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
 	p, err := discovery.NewPublisher(reg, "s1", srv, &discovery.PublisherOptions{Interval: 400 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

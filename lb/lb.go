@@ -37,6 +37,34 @@ type (
 	ServerStats  = driver.ServerStats
 	Capabilities = driver.Capabilities
 	Unsafe       = driver.Unsafe
+	Protocol     = driver.Protocol
+	Algorithm    = driver.Algorithm
+	AdminState   = driver.AdminState
+	CheckType    = driver.CheckType
+	ServerState  = driver.ServerState
+)
+
+// The model's constants, from package driver.
+const (
+	TCP  = driver.TCP
+	HTTP = driver.HTTP
+
+	RoundRobin       = driver.RoundRobin
+	Weighted         = driver.Weighted
+	LeastConnections = driver.LeastConnections
+	SourceHash       = driver.SourceHash
+
+	Ready       = driver.Ready
+	Drain       = driver.Drain
+	Maintenance = driver.Maintenance
+
+	TCPCheck  = driver.TCPCheck
+	HTTPCheck = driver.HTTPCheck
+
+	Up       = driver.Up
+	Down     = driver.Down
+	Draining = driver.Draining
+	Maint    = driver.Maint
 )
 
 // Options configure a Balancer. The zero value is usable.

@@ -19,12 +19,12 @@ func Example() {
 	ctx := context.Background()
 	dir, _ := os.MkdirTemp("", "fabric-")
 	defer os.RemoveAll(dir)
-	f, err := network.Open(dir, nil)
+	f, err := network.Open(context.Background(), dir, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
-	f.AddServer("s1", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.1"))
-	f.AddServer("s2", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.2"))
+	f.AddServer(context.Background(), "s1", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.1"))
+	f.AddServer(context.Background(), "s2", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.2"))
 	sts, err := f.Ensure(ctx, &network.Spec{ID: "apps", Mode: driver.WireGuard, Subnet: netip.MustParsePrefix("198.19.0.0/16")})
 	if err != nil {
 		log.Fatal(err)

@@ -106,7 +106,7 @@ type server struct {
 func (s server) driver(mode driver.Mode) driver.Driver { return s.s.Network(mode) }
 
 // Open returns a Fabric keeping its state in dir, created if missing.
-func Open(dir string, opts *Options) (*Fabric, error) {
+func Open(ctx context.Context, dir string, opts *Options) (*Fabric, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "networks"), 0o700); err != nil {
 		return nil, err
 	}
@@ -119,7 +119,7 @@ func Open(dir string, opts *Options) (*Fabric, error) {
 
 // AddServer adds a server, named by a DNS label, whose peers reach it at
 // underlay. Networks already ensured reach it at their next Ensure.
-func (f *Fabric) AddServer(name string, srv Server, underlay netip.Addr) error {
+func (f *Fabric) AddServer(ctx context.Context, name string, srv Server, underlay netip.Addr) error {
 	if err := names.Label(name); err != nil {
 		return fmt.Errorf("add server %q: %w", name, err)
 	}
@@ -502,7 +502,7 @@ func (f *Fabric) Attach(ctx context.Context, id, server, ctr string) (container.
 }
 
 // Detach releases a container's address on network id.
-func (f *Fabric) Detach(id, ctr string) error {
+func (f *Fabric) Detach(ctx context.Context, id, ctr string) error {
 	spec, err := f.load(id)
 	if err != nil {
 		return fmt.Errorf("detach %q from network %q: %w", ctr, id, err)

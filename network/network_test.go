@@ -19,7 +19,7 @@ import (
 // servers' drivers.
 func newFabric(t *testing.T) (*network.Fabric, map[string]driver.Driver) {
 	t.Helper()
-	f, err := network.Open(t.TempDir(), nil)
+	f, err := network.Open(context.Background(), t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +27,7 @@ func newFabric(t *testing.T) (*network.Fabric, map[string]driver.Driver) {
 	for i := range 3 {
 		name := fmt.Sprint("s", i)
 		drivers[name] = memnetwork.New(nil)
-		if err := f.AddServer(name, network.Local{Driver: drivers[name]}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)})); err != nil {
+		if err := f.AddServer(context.Background(), name, network.Local{Driver: drivers[name]}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)})); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -94,12 +94,12 @@ func TestEnsureVXLAN(t *testing.T) {
 func TestEnsureWireGuardRangesAndKeys(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	f, err := network.Open(dir, nil)
+	f, err := network.Open(context.Background(), dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		f.AddServer(fmt.Sprint("s", i), network.Local{Driver: memnetwork.New(nil)}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
+		f.AddServer(context.Background(), fmt.Sprint("s", i), network.Local{Driver: memnetwork.New(nil)}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
 	}
 	spec := &network.Spec{ID: "green", Mode: driver.WireGuard, Subnet: netip.MustParsePrefix("198.19.0.0/16")}
 	sts, err := f.Ensure(ctx, spec)
@@ -135,9 +135,9 @@ func TestEnsureWireGuardRangesAndKeys(t *testing.T) {
 	}
 
 	// A new Fabric on the same directory keeps keys, ranges and leases.
-	f2, _ := network.Open(dir, nil)
+	f2, _ := network.Open(context.Background(), dir, nil)
 	for i := range 3 {
-		f2.AddServer(fmt.Sprint("s", i), network.Local{Driver: memnetwork.New(nil)}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
+		f2.AddServer(context.Background(), fmt.Sprint("s", i), network.Local{Driver: memnetwork.New(nil)}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
 	}
 	sts2, err := f2.Ensure(ctx, spec)
 	if err != nil {
@@ -163,7 +163,7 @@ func (failing) EnsureNetwork(context.Context, *driver.Spec) (*driver.Status, err
 func TestEnsureRollsBack(t *testing.T) {
 	ctx := context.Background()
 	f, drivers := newFabric(t)
-	if err := f.AddServer("s9", network.Local{Driver: failing{memnetwork.New(nil)}}, netip.MustParseAddr("198.18.0.9")); err != nil {
+	if err := f.AddServer(context.Background(), "s9", network.Local{Driver: failing{memnetwork.New(nil)}}, netip.MustParseAddr("198.18.0.9")); err != nil {
 		t.Fatal(err)
 	}
 	_, err := f.Ensure(ctx, &network.Spec{ID: "blue", Mode: driver.VXLAN, Subnet: netip.MustParsePrefix("198.19.0.0/24"), VNI: 42})
@@ -218,10 +218,10 @@ func TestDeleteAndRejects(t *testing.T) {
 	if _, err := f.Ensure(ctx, &network.Spec{ID: "x", Mode: driver.VXLAN, Subnet: netip.MustParsePrefix("198.19.9.0/24"), VNI: 9}); err != nil {
 		t.Fatalf("building a network whose earlier attempts were rejected: %v", err)
 	}
-	if err := f.AddServer("s0", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.50")); !errors.Is(err, errcode.AlreadyExists) {
+	if err := f.AddServer(context.Background(), "s0", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.50")); !errors.Is(err, errcode.AlreadyExists) {
 		t.Fatalf("duplicate server: %v", err)
 	}
-	if err := f.AddServer("s5", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.1")); !errors.Is(err, errcode.AlreadyExists) {
+	if err := f.AddServer(context.Background(), "s5", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("198.18.0.1")); !errors.Is(err, errcode.AlreadyExists) {
 		t.Fatalf("duplicate underlay: %v", err)
 	}
 }
@@ -268,7 +268,7 @@ func TestRemoveServer(t *testing.T) {
 		t.Fatalf("Status of an unknown network: %v", err)
 	}
 	// Coming back under the same name, it gets its range again.
-	if err := f.AddServer("s1", network.Local{Driver: drivers["s1"]}, netip.AddrFrom4([4]byte{198, 18, 0, 2})); err != nil {
+	if err := f.AddServer(context.Background(), "s1", network.Local{Driver: drivers["s1"]}, netip.AddrFrom4([4]byte{198, 18, 0, 2})); err != nil {
 		t.Fatal(err)
 	}
 	sts, err := f.Ensure(ctx, specs[1])
@@ -282,13 +282,13 @@ func TestRemoveServer(t *testing.T) {
 
 func TestPreflight(t *testing.T) {
 	ctx := context.Background()
-	f, err := network.Open(t.TempDir(), nil)
+	f, err := network.Open(context.Background(), t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range 2 {
 		name := fmt.Sprint("s", i)
-		if err := f.AddServer(name, network.Local{Driver: memnetwork.New(nil), Prober: preflight.NewLocal(nil)}, netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)})); err != nil {
+		if err := f.AddServer(context.Background(), name, network.Local{Driver: memnetwork.New(nil), Prober: preflight.NewLocal(nil)}, netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)})); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -313,7 +313,7 @@ func TestPreflight(t *testing.T) {
 	if _, err := f.Ensure(ctx, spec); !errors.Is(err, errcode.InvalidArgument) {
 		t.Fatalf("Ensure of a subnet holding the underlays: %v", err)
 	}
-	if err := f.AddServer("s2", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("127.0.0.3")); err != nil {
+	if err := f.AddServer(context.Background(), "s2", network.Local{Driver: memnetwork.New(nil)}, netip.MustParseAddr("127.0.0.3")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.Preflight(ctx, spec); !errors.Is(err, errcode.FailedPrecondition) {

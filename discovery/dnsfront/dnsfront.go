@@ -207,14 +207,14 @@ func (s *Server) answer(ctx context.Context, m *dns.Msg, name string, qtype uint
 	if driver.ValidService(service) != nil || (tag != "" && driver.ValidService(tag) != nil) {
 		return dns.RcodeNameError, nil
 	}
-	es, err := s.d.Resolve(ctx, service, tag, false)
+	es, err := s.d.Resolve(ctx, driver.Query{Service: service, Tag: tag})
 	if err != nil {
 		return 0, err
 	}
 	if len(es) == 0 {
 		// A known service with nothing passing is no error: the name
 		// exists, it has no address now.
-		all, err := s.d.Resolve(ctx, service, tag, true)
+		all, err := s.d.Resolve(ctx, driver.Query{Service: service, Tag: tag, Critical: true})
 		if err != nil {
 			return 0, err
 		}

@@ -31,10 +31,9 @@ type Driver interface {
 	// errcode.NotFound if unknown, errcode.FailedPrecondition if its
 	// check is not a TTL check.
 	PassTTL(ctx context.Context, id string) error
-	// Resolve returns the instances of service, sorted by ID: only the
-	// passing ones unless all is set, and only those with tag if tag is
-	// not empty. An unknown service has no instances (no error).
-	Resolve(ctx context.Context, service, tag string, all bool) ([]Entry, error)
+	// Resolve returns the instances q asks for, sorted by ID. An unknown
+	// service has no instances (no error).
+	Resolve(ctx context.Context, q Query) ([]Entry, error)
 	// Wait blocks until service's entries change after index (the Index
 	// of an earlier Result; 0 returns at once) or ctx ends, and returns
 	// them with the new index. It may return early with unchanged
@@ -45,6 +44,17 @@ type Driver interface {
 	// Close releases the driver's resources; registrations made through
 	// it stay (in a remote registry) or go (in-process ones).
 	Close() error
+}
+
+// Query says which instances Resolve returns.
+type Query struct {
+	// Service is the service's name.
+	Service string
+	// Tag, if not empty, keeps only the instances with that tag.
+	Tag string
+	// Critical includes the instances whose check fails; by default only
+	// the passing ones are returned.
+	Critical bool
 }
 
 // Instance is one instance of a service.

@@ -134,3 +134,16 @@ func (c *Check) interval() time.Duration {
 	}
 	return c.Interval
 }
+
+// Validate checks q's service name and tag (DNS labels).
+func (q Query) Validate() error {
+	if err := ValidService(q.Service); err != nil {
+		return err
+	}
+	if q.Tag != "" {
+		if err := ValidService(q.Tag); err != nil {
+			return bad("tag: %v", err)
+		}
+	}
+	return nil
+}

@@ -87,7 +87,7 @@ func (s *suite) register(t *testing.T, inst *driver.Instance) {
 
 func (s *suite) resolve(t *testing.T, service, tag string, all bool) []driver.Entry {
 	t.Helper()
-	es, err := s.d.Resolve(ctx(t), service, tag, all)
+	es, err := s.d.Resolve(ctx(t), driver.Query{Service: service, Tag: tag, Critical: all})
 	if err != nil {
 		t.Fatalf("Resolve(%s): %v", service, err)
 	}
@@ -232,7 +232,7 @@ func testRejects(t *testing.T, s *suite) {
 	if err := s.d.Deregister(ctx(t), "a/b"); !errors.Is(err, errcode.InvalidArgument) {
 		t.Errorf("Deregister of a bad ID: %v", err)
 	}
-	if _, err := s.d.Resolve(ctx(t), "Bad Name", "", false); !errors.Is(err, errcode.InvalidArgument) {
+	if _, err := s.d.Resolve(ctx(t), driver.Query{Service: "Bad Name"}); !errors.Is(err, errcode.InvalidArgument) {
 		t.Errorf("Resolve of a bad name: %v", err)
 	}
 }

@@ -20,14 +20,14 @@ func TestDeregisterAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if es, _ := r.Resolve(ctx, "gone", "", true); len(es) != 1 || es[0].Health != driver.Critical {
+	if es, _ := r.Resolve(ctx, driver.Query{Service: "gone", Critical: true}); len(es) != 1 || es[0].Health != driver.Critical {
 		t.Fatalf("before its time: %+v", es)
 	}
 	r.mu.Lock()
 	r.instances["gone-1"].criticalSince = time.Now().Add(-61 * time.Second)
 	r.mu.Unlock()
 	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		es, _ := r.Resolve(ctx, "gone", "", true)
+		es, _ := r.Resolve(ctx, driver.Query{Service: "gone", Critical: true})
 		if len(es) == 0 {
 			return
 		}

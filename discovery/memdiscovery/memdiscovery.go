@@ -276,8 +276,8 @@ func (r *Registry) entries(service string) []driver.Entry {
 }
 
 // Resolve implements driver.Driver.
-func (r *Registry) Resolve(ctx context.Context, service, tag string, all bool) ([]driver.Entry, error) {
-	if err := driver.ValidService(service); err != nil {
+func (r *Registry) Resolve(ctx context.Context, q driver.Query) ([]driver.Entry, error) {
+	if err := q.Validate(); err != nil {
 		return nil, err
 	}
 	r.mu.Lock()
@@ -286,8 +286,8 @@ func (r *Registry) Resolve(ctx context.Context, service, tag string, all bool) (
 		return nil, err
 	}
 	var out []driver.Entry
-	for _, e := range r.entries(service) {
-		if (all || e.Health == driver.Passing) && (tag == "" || slices.Contains(e.Tags, tag)) {
+	for _, e := range r.entries(q.Service) {
+		if (q.Critical || e.Health == driver.Passing) && (q.Tag == "" || slices.Contains(e.Tags, q.Tag)) {
 			out = append(out, e)
 		}
 	}

@@ -40,7 +40,11 @@ func BenchmarkWatchLatency(b *testing.B) {
 			}
 		}
 	}
-	ch, err := discovery.New(d, nil).Watch(ctx, "bench", 0)
+	reg, err := discovery.New(d, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ch, err := reg.Watch(ctx, "bench", 0)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -89,7 +89,7 @@ func TestClusterSurvivesAServer(t *testing.T) {
 	cmds[leaderHTTP].Wait()
 	var outage time.Duration
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		es, err := survivor.Resolve(ctx, "db", "", false)
+		es, err := survivor.Resolve(ctx, driver.Query{Service: "db"})
 		if err == nil && len(es) == 1 && es[0].ID == "db-1" {
 			outage = time.Since(killed)
 			break
@@ -106,7 +106,7 @@ func TestClusterSurvivesAServer(t *testing.T) {
 		if addr == leaderHTTP {
 			continue
 		}
-		es, err := d.Resolve(ctx, "db", "", false)
+		es, err := d.Resolve(ctx, driver.Query{Service: "db"})
 		if err != nil || len(es) != 2 {
 			t.Fatalf("%s after the failover: %v, %v", addr, es, err)
 		}

@@ -212,18 +212,13 @@ func nilIfEmptyMap(m map[string]string) map[string]string {
 }
 
 // Resolve implements driver.Driver.
-func (d *Driver) Resolve(ctx context.Context, service, tag string, all bool) ([]driver.Entry, error) {
-	if err := driver.ValidService(service); err != nil {
+func (d *Driver) Resolve(ctx context.Context, q driver.Query) ([]driver.Entry, error) {
+	if err := q.Validate(); err != nil {
 		return nil, err
 	}
-	if tag != "" {
-		if err := driver.ValidService(tag); err != nil {
-			return nil, err
-		}
-	}
-	ses, _, err := d.c.Health().Service(service, tag, !all, (&api.QueryOptions{}).WithContext(ctx))
+	ses, _, err := d.c.Health().Service(q.Service, q.Tag, !q.Critical, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return nil, consulErr("resolving "+service, err)
+		return nil, consulErr("resolving "+q.Service, err)
 	}
 	return entries(ses), nil
 }

@@ -87,7 +87,7 @@ func servers(ctx context.Context, agentBin string) (*env, func() error, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	fabric, err := network.Open(netDir, nil)
+	fabric, err := network.Open(ctx, netDir, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -97,9 +97,9 @@ func servers(ctx context.Context, agentBin string) (*env, func() error, error) {
 		fmt.Println("Running the same flow on three in-memory servers instead.")
 		cl := container.NewCluster(nil)
 		for i, name := range []string{"s0", "s1", "s2"} {
-			fabric.AddServer(name, network.Local{Driver: memnetwork.New(nil)}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
+			fabric.AddServer(ctx, name, network.Local{Driver: memnetwork.New(nil)}, netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)}))
 			d := memcontainer.New(&memcontainer.Options{Hostname: name, Bridges: []string{memnetwork.BridgeName(demoNetwork), memnetwork.BridgeName(secureNetwork)}})
-			cl.Add(name, container.NewServer(d, nil))
+			cl.AddServer(name, container.NewServer(d, nil))
 		}
 		return &env{containers: cl, networks: fabric}, func() error { return os.RemoveAll(netDir) }, nil
 	}
@@ -117,7 +117,7 @@ func servers(ctx context.Context, agentBin string) (*env, func() error, error) {
 	}
 	for _, s := range f.Servers {
 		fmt.Printf("  %s  namespace %-14s agent https://%s (joined with a one-time token)\n", s.Name, s.Host.Netns, s.Addr)
-		if err := fabric.AddServer(s.Name, s.Client, s.Host.Addr); err != nil {
+		if err := fabric.AddServer(ctx, s.Name, s.Client, s.Host.Addr); err != nil {
 			return nil, nil, errors.Join(err, f.Close())
 		}
 	}
@@ -141,7 +141,7 @@ func flow(ctx context.Context, e *env) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	store, err := image.OpenStore(dir)
+	store, err := image.OpenStore(dir, nil)
 	if err != nil {
 		return err
 	}
@@ -158,7 +158,7 @@ func flow(ctx context.Context, e *env) error {
 	}
 	for _, to := range []string{"s1", "s2"} {
 		bar := progressbar.DefaultBytes(base.Size, "  base s0 -> "+to)
-		_, err := cl.CopyImage(ctx, "base", "s0", to, func(ev container.ImageEvent) { bar.Set64(ev.Bytes) })
+		_, err := cl.CopyImage(ctx, "base", "s0", to, &container.ImageCopyOptions{Progress: func(ev container.ImageEvent) { bar.Set64(ev.Bytes) }})
 		bar.Finish()
 		if err != nil {
 			return err
@@ -350,8 +350,11 @@ func highlyAvailable(ctx context.Context, e *env, servers []lbdriver.Server) err
 // web-1 resolve mysql.service.muster with its own resolver (nslookup).
 func discover(ctx context.Context, e *env) error {
 	step("service discovery: s2's labelled containers published into the embedded registry")
-	reg := discovery.New(memdiscovery.New(nil), nil)
-	defer reg.Driver().Close()
+	reg, err := discovery.New(memdiscovery.New(nil), nil)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
 	s2, err := e.containers.Server("s2")
 	if err != nil {
 		return err

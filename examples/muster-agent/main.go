@@ -313,7 +313,13 @@ func publish(ctx context.Context, addr string, every time.Duration, server strin
 		for {
 			c, err := consul.Open(pctx, &consul.Options{Address: addr})
 			if err == nil {
-				p, err := discovery.NewPublisher(discovery.New(c, &discovery.Options{Logger: log}), server, container.NewServer(d, nil), &discovery.PublisherOptions{Interval: every, Logger: log})
+				reg, err := discovery.New(c, &discovery.Options{Logger: log})
+				if err != nil {
+					log.Error("publishing services", "err", err)
+					return
+				}
+				defer reg.Close()
+				p, err := discovery.NewPublisher(reg, server, container.NewServer(d, nil), &discovery.PublisherOptions{Interval: every, Logger: log})
 				if err != nil {
 					log.Error("publishing services", "err", err)
 					return

@@ -14,12 +14,12 @@ import (
 // fabricOf returns a Fabric over f's servers, through their agents.
 func fabricOf(t *testing.T, f *fleet.Fleet) *network.Fabric {
 	t.Helper()
-	fab, err := network.Open(t.TempDir(), nil)
+	fab, err := network.Open(context.Background(), t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range f.Servers {
-		if err := fab.AddServer(s.Name, s.Client, s.Host.Addr); err != nil {
+		if err := fab.AddServer(context.Background(), s.Name, s.Client, s.Host.Addr); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -28,7 +28,10 @@ func TestContainersPublishedToConsul(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := discovery.New(d, nil)
+	reg, err := discovery.New(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	p, err := discovery.NewPublisher(reg, "s1", s1, &discovery.PublisherOptions{Interval: 400 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +93,10 @@ func TestAgentPublishesToConsul(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := discovery.New(d, nil)
+	reg, err := discovery.New(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	s1 := f.Servers[1]
 	s1.ExtraArgs = []string{"--publish-consul", consulAddr, "--publish-interval", "1s"}
 	if err := s1.Restart(ctx); err != nil {

@@ -152,7 +152,7 @@ func Start(ctx context.Context, n int, opts Options) (f *Fleet, err error) {
 		if err := s.start(ctx, "--join", joinURL, "--token", token); err != nil {
 			return f, err
 		}
-		if err := f.Cluster.Add(s.Name, container.NewServer(s.Client, nil)); err != nil {
+		if err := f.Cluster.AddServer(s.Name, container.NewServer(s.Client, nil)); err != nil {
 			return f, err
 		}
 	}
