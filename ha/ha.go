@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/fanout"
 	"github.com/musterkit/muster/ha/driver"
 )
 
@@ -266,25 +267,23 @@ func (g *Group) Check(ctx context.Context) *Event {
 // merged with a split-brain check every interval (0 means 1s): a
 // SplitBrain event with Holders when the group enters a split brain (once
 // until it leaves it). The channel is closed when ctx is done. Events
-// are buffered; a receiver more than 64 events behind loses the newest.
+// are buffered as package fanout does: a receiver more than 64 events
+// behind loses the oldest.
 func (g *Group) Watch(ctx context.Context, interval time.Duration) (<-chan Event, error) {
 	if interval <= 0 {
 		interval = time.Second
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	out := make(chan Event, 64)
-	send := func(e Event) {
-		select {
-		case out <- e:
-		default:
-		}
-	}
+	events := fanout.New[Event](fanout.DefaultBuffer)
+	out, _ := events.Subscribe(context.WithoutCancel(ctx)) // ends at events.Close
+	send := events.Publish
 	var wg sync.WaitGroup
 	for _, m := range g.members {
 		ch, err := m.Driver.Watch(ctx)
 		if err != nil {
 			cancel()
 			wg.Wait()
+			events.Close()
 			return nil, g.wrap(fmt.Sprintf("watch member %q", m.Name), err)
 		}
 		wg.Add(1)
@@ -322,7 +321,7 @@ func (g *Group) Watch(ctx context.Context, interval time.Duration) (<-chan Event
 		<-ctx.Done()
 		wg.Wait()
 		cancel()
-		close(out)
+		events.Close()
 	}()
 	return out, nil
 }

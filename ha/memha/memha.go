@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/fanout"
 	"github.com/musterkit/muster/ha/driver"
 )
 
@@ -71,13 +72,13 @@ type Driver struct {
 	closedPts map[uint16]bool
 	closed    bool
 	reloads   int
-	subs      map[chan driver.Event]struct{}
+	events    *fanout.Hub[driver.Event]
 }
 
 // New returns a speaker of server on n. Nothing runs until Apply.
 func (n *Network) New(opts *Options) *Driver {
 	d := &Driver{n: n, ifaces: map[string][]netip.Prefix{}, state: driver.Stopped,
-		procs: map[string]bool{}, closedPts: map[uint16]bool{}, subs: map[chan driver.Event]struct{}{}}
+		procs: map[string]bool{}, closedPts: map[uint16]bool{}, events: fanout.New[driver.Event](fanout.DefaultBuffer)}
 	if opts != nil {
 		for k, v := range opts.Interfaces {
 			d.ifaces[k] = slices.Clone(v)
@@ -353,27 +354,14 @@ func (n *Network) elect() {
 	}
 }
 
-// emit sends ev to every watcher, dropping a slow watcher's oldest event.
-// Called with n.mu held.
+// emit sends ev to every watcher (package fanout: a slow one loses its
+// oldest events). Called with n.mu held.
 func (d *Driver) emit(ev driver.Event) {
 	ev.Time = d.n.now()
 	if d.cfg != nil {
 		ev.Group = d.cfg.Name
 	}
-	for ch := range d.subs {
-		for {
-			select {
-			case ch <- ev:
-			default:
-				select {
-				case <-ch:
-				default:
-				}
-				continue
-			}
-			break
-		}
-	}
+	d.events.Publish(ev)
 }
 
 // Watch implements driver.Driver.
@@ -383,18 +371,7 @@ func (d *Driver) Watch(ctx context.Context) (<-chan driver.Event, error) {
 	if d.closed {
 		return nil, errcode.New(errcode.FailedPrecondition, "driver is closed")
 	}
-	ch := make(chan driver.Event, 64)
-	d.subs[ch] = struct{}{}
-	go func() {
-		<-ctx.Done()
-		d.n.mu.Lock()
-		defer d.n.mu.Unlock()
-		if _, ok := d.subs[ch]; ok {
-			delete(d.subs, ch)
-			close(ch)
-		}
-	}()
-	return ch, nil
+	return d.events.Subscribe(ctx)
 }
 
 // Status implements driver.Driver.
@@ -423,9 +400,6 @@ func (d *Driver) Close() error {
 	d.closed, d.running = true, false
 	d.n.elect()
 	d.removeAddrs(d.cfg)
-	for ch := range d.subs {
-		delete(d.subs, ch)
-		close(ch)
-	}
+	d.events.Close()
 	return nil
 }
