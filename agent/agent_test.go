@@ -69,13 +69,29 @@ func newCluster(t testing.TB, opts *CAOptions) *cluster {
 // that it then stops cleanly.
 func (cl *cluster) serve(t testing.TB, d driver.Driver) string {
 	t.Helper()
+	return cl.serveUntil(t, context.Background(), d)
+}
+
+// serveUntil is serve until ctx ends or the test does.
+func (cl *cluster) serveUntil(t testing.TB, ctx context.Context, d driver.Driver) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.logger(), ShutdownTimeout: time.Second, Networks: cl.networks, Balancers: cl.balancers, FloatingIPs: cl.floating})
+	var services []Service
+	if cl.networks != nil {
+		services = append(services, NetworkService(cl.networks))
+	}
+	if cl.balancers != nil {
+		services = append(services, cl.balancers)
+	}
+	if cl.floating != nil {
+		services = append(services, cl.floating)
+	}
+	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.logger(), ShutdownTimeout: time.Second, Services: services})
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
 		cancel()

@@ -17,34 +17,43 @@ import (
 type BalancerKind = Kind[lbdriver.Driver]
 
 // Balancers are the load balancers a server runs for the cluster (see
-// Hosted); the configuration kept is the one in force, server operations
-// included.
-type Balancers = Hosted[lbdriver.Driver, lbdriver.Config]
+// Hosted), served as the agent's "balancers" Service; the configuration
+// kept is the one in force, server operations included.
+type Balancers struct {
+	*Hosted[lbdriver.Driver, lbdriver.Config]
+}
+
+var _ Service = (*Balancers)(nil)
+
+// Name implements Service.
+func (*Balancers) Name() string { return "balancers" }
+
+// Capabilities implements Service: each kind's driver's.
+func (bs *Balancers) Capabilities(ctx context.Context) (map[string]any, error) {
+	return bs.kindCapabilities(ctx, func(d lbdriver.Driver) any { return d.Capabilities() })
+}
 
 // OpenBalancers returns the balancers kept in dir (created if missing)
 // with the kinds offered, and deploys again those kept there by an earlier
 // run. A balancer that fails to come back is logged and its error joined
 // into the result; the others run.
 func OpenBalancers(ctx context.Context, dir string, kinds map[string]BalancerKind, log *slog.Logger) (*Balancers, error) {
-	return openHosted(ctx, &Balancers{
+	h, err := openHosted(ctx, &Hosted[lbdriver.Driver, lbdriver.Config]{
 		what: "balancer", dir: dir, kinds: kinds, log: log,
 		apply: func(ctx context.Context, d lbdriver.Driver, cfg *lbdriver.Config) error { return d.Apply(ctx, cfg) },
 		kept: func(ctx context.Context, d lbdriver.Driver, _ *lbdriver.Config) (*lbdriver.Config, error) {
 			return d.Config(ctx)
 		},
 	})
+	if h == nil {
+		return nil, err
+	}
+	return &Balancers{h}, err
 }
 
-// balancerRoutes serves bs under /v1/balancers.
-func balancerRoutes(route func(string, http.HandlerFunc), bs *Balancers) {
-	if bs == nil {
-		return // the catch-all answers Unimplemented
-	}
+// Routes implements Service: bs under /v1/balancers.
+func (bs *Balancers) Routes(route func(string, http.HandlerFunc)) {
 	route("GET /v1/balancers", reply(func(r *http.Request) ([]Info, error) { return bs.List(), nil }))
-	route("GET /v1/balancer-kinds/{kind}/capabilities", reply(func(r *http.Request) (caps lbdriver.Capabilities, err error) {
-		err = bs.Scratch(r.Context(), r.PathValue("kind"), func(d lbdriver.Driver) error { caps = d.Capabilities(); return nil })
-		return caps, err
-	}))
 	route("PUT /v1/balancers/{name}/{kind}", reply(func(r *http.Request) (any, error) {
 		var cfg lbdriver.Config
 		if err := decodeBody(r, &cfg); err != nil {
@@ -107,8 +116,8 @@ func balancerRoutes(route func(string, http.HandlerFunc), bs *Balancers) {
 // lb/driver.Driver: the first Apply deploys it there (starting HAProxy,
 // Nginx, ... on that server), later calls change it, Close removes it.
 // Before it is deployed Config is the empty config and the other calls
-// fail with errcode.NotFound. Capabilities, which cannot fail, reports
-// none when the agent cannot be asked.
+// fail with errcode.NotFound. Capabilities are those the agent reported
+// for kind when the client dialled (none if it offers no such kind).
 func (c *Client) Balancer(kind, name string) lbdriver.Driver {
 	return &balancerClient{c: c, kind: kind, name: name}
 }
@@ -202,13 +211,8 @@ func (b *balancerClient) Stats(ctx context.Context) ([]lbdriver.ServerStats, err
 }
 
 func (b *balancerClient) Capabilities() lbdriver.Capabilities {
-	if b.check(b.kind) != nil {
-		return lbdriver.Capabilities{}
-	}
-	caps, err := call[lbdriver.Capabilities](context.Background(), b.c, http.MethodGet, apiPath("balancer-kinds", b.kind, "capabilities"), nil)
-	if err != nil {
-		return lbdriver.Capabilities{}
-	}
+	var caps lbdriver.Capabilities
+	b.c.caps.decode("balancers", b.kind, &caps)
 	return caps
 }
 

@@ -34,6 +34,7 @@ type ClientOptions struct {
 type Client struct {
 	addr string
 	tr   *http.Transport
+	caps capabilities // what the agent's services offer, read at Dial
 }
 
 var (
@@ -48,8 +49,9 @@ var (
 	_ driver.Autostarter = (*Client)(nil)
 )
 
-// Dial connects to the agent at addr (host:port) with creds, and checks
-// that it answers. The agent's certificate must chain to creds' CA. An
+// Dial connects to the agent at addr (host:port) with creds, and reads
+// what the agent's services offer (see Kinds), which checks that it
+// answers. The agent's certificate must chain to creds' CA. An
 // agent that cannot be reached is errcode.Unavailable. opts may be nil.
 func Dial(ctx context.Context, addr string, creds *Credentials, opts *ClientOptions) (*Client, error) {
 	host, _, err := net.SplitHostPort(addr)
@@ -76,7 +78,7 @@ func Dial(ctx context.Context, addr string, creds *Credentials, opts *ClientOpti
 		Protocols:           &protocols,
 		HTTP2:               &http.HTTP2Config{SendPingTimeout: 30 * time.Second},
 	}}
-	if _, err := call[struct{}](ctx, c, http.MethodGet, apiPath("ping"), nil); err != nil {
+	if err := c.fetchCapabilities(ctx); err != nil {
 		c.Close()
 		return nil, err
 	}

@@ -21,30 +21,39 @@ type FloatingIPKind = Kind[hadriver.Driver]
 // FloatingIPs are the VRRP speakers a server runs for the cluster's
 // floating-IP groups (see Hosted), one per group; the configuration kept
 // is the one last applied.
-type FloatingIPs = Hosted[hadriver.Driver, hadriver.Config]
+type FloatingIPs struct {
+	*Hosted[hadriver.Driver, hadriver.Config]
+}
+
+var _ Service = (*FloatingIPs)(nil)
+
+// Name implements Service.
+func (*FloatingIPs) Name() string { return "floating-ips" }
+
+// Capabilities implements Service: each kind's driver's.
+func (fs *FloatingIPs) Capabilities(ctx context.Context) (map[string]any, error) {
+	return fs.kindCapabilities(ctx, func(d hadriver.Driver) any { return d.Capabilities() })
+}
 
 // OpenFloatingIPs returns the speakers kept in dir (created if missing)
 // with the kinds offered, and applies again those an earlier run kept.
 func OpenFloatingIPs(ctx context.Context, dir string, kinds map[string]FloatingIPKind, log *slog.Logger) (*FloatingIPs, error) {
-	return openHosted(ctx, &FloatingIPs{
+	h, err := openHosted(ctx, &Hosted[hadriver.Driver, hadriver.Config]{
 		what: "floating IP group", dir: dir, kinds: kinds, log: log,
 		apply: func(ctx context.Context, d hadriver.Driver, cfg *hadriver.Config) error { return d.Apply(ctx, cfg) },
 		kept: func(_ context.Context, _ hadriver.Driver, applied *hadriver.Config) (*hadriver.Config, error) {
 			return applied, nil
 		},
 	})
+	if h == nil {
+		return nil, err
+	}
+	return &FloatingIPs{h}, err
 }
 
-// floatingRoutes serves fs under /v1/floating-ips.
-func floatingRoutes(route func(string, http.HandlerFunc), fs *FloatingIPs) {
-	if fs == nil {
-		return // the catch-all answers Unimplemented
-	}
+// Routes implements Service: fs under /v1/floating-ips.
+func (fs *FloatingIPs) Routes(route func(string, http.HandlerFunc)) {
 	route("GET /v1/floating-ips", reply(func(r *http.Request) ([]Info, error) { return fs.List(), nil }))
-	route("GET /v1/floating-ip-kinds/{kind}/capabilities", reply(func(r *http.Request) (caps hadriver.Capabilities, err error) {
-		err = fs.Scratch(r.Context(), r.PathValue("kind"), func(d hadriver.Driver) error { caps = d.Capabilities(); return nil })
-		return caps, err
-	}))
 	route("PUT /v1/floating-ips/{name}/{kind}", reply(func(r *http.Request) (any, error) {
 		var cfg hadriver.Config
 		if err := decodeBody(r, &cfg); err != nil {
@@ -96,8 +105,9 @@ func floatingRoutes(route func(string, http.HandlerFunc), fs *FloatingIPs) {
 // FloatingIP returns the speaker of floating-IP group name on the agent's
 // server, of kind (keepalived, memory), as an ha/driver.Driver: Apply
 // starts or changes it there, Status and Watch report it (and may come
-// before Apply), Close removes it. Capabilities, which
-// cannot fail, reports none when the agent cannot be asked.
+// before Apply), Close removes it. Capabilities are those the agent
+// reported for kind when the client dialled (none if it offers no such
+// kind).
 func (c *Client) FloatingIP(kind, name string) hadriver.Driver {
 	return &floatingClient{c: c, kind: kind, name: name}
 }
@@ -172,13 +182,8 @@ func (f *floatingClient) Watch(ctx context.Context) (<-chan hadriver.Event, erro
 }
 
 func (f *floatingClient) Capabilities() hadriver.Capabilities {
-	if f.check(f.kind) != nil {
-		return hadriver.Capabilities{}
-	}
-	caps, err := call[hadriver.Capabilities](context.Background(), f.c, http.MethodGet, apiPath("floating-ip-kinds", f.kind, "capabilities"), nil)
-	if err != nil {
-		return hadriver.Capabilities{}
-	}
+	var caps hadriver.Capabilities
+	f.c.caps.decode("floating-ips", f.kind, &caps)
 	return caps
 }
 

@@ -255,6 +255,22 @@ func (h *Hosted[D, C]) Remove(ctx context.Context, name string) error {
 	return err
 }
 
+// kindCapabilities returns caps of an instance of each kind, opened in a
+// scratch directory (see Scratch). A kind that cannot open here (LVS on a
+// kernel without IPVS) is logged and left out: the server cannot run it.
+func (h *Hosted[D, C]) kindCapabilities(ctx context.Context, caps func(D) any) (map[string]any, error) {
+	out := map[string]any{}
+	for _, kind := range h.Kinds() {
+		if err := h.Scratch(ctx, kind, func(d D) error { out[kind] = caps(d); return nil }); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			h.log.WarnContext(ctx, h.what+" kind unavailable on this server", "kind", kind, "err", err)
+		}
+	}
+	return out, nil
+}
+
 // Scratch runs fn on an instance of kind opened in a scratch directory
 // and closed again (to read what a kind can do).
 func (h *Hosted[D, C]) Scratch(ctx context.Context, kind string, fn func(D) error) error {

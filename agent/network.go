@@ -10,9 +10,24 @@ import (
 	"github.com/musterkit/muster/network/preflight"
 )
 
-// networkRoutes serves the network drivers of the server, one per mode,
-// under /v1/networks/{mode}.
-func networkRoutes(route func(string, http.HandlerFunc), nets map[netdriver.Mode]netdriver.Driver) {
+// NetworkService serves the server's network drivers, one per mode, under
+// /v1/networks/{mode} (see Client.Network). The caller keeps the drivers.
+func NetworkService(nets map[netdriver.Mode]netdriver.Driver) Service { return networkService(nets) }
+
+type networkService map[netdriver.Mode]netdriver.Driver
+
+func (networkService) Name() string { return "networks" }
+
+// Capabilities are each mode's driver's.
+func (nets networkService) Capabilities(context.Context) (map[string]any, error) {
+	caps := map[string]any{}
+	for mode, d := range nets {
+		caps[string(mode)] = d.Capabilities()
+	}
+	return caps, nil
+}
+
+func (nets networkService) Routes(route func(string, http.HandlerFunc)) {
 	driverOf := func(r *http.Request) (netdriver.Driver, error) {
 		mode := netdriver.Mode(r.PathValue("mode"))
 		if d, ok := nets[mode]; ok {
@@ -26,13 +41,6 @@ func networkRoutes(route func(string, http.HandlerFunc), nets map[netdriver.Mode
 			return nil, err
 		}
 		return d.Networks(r.Context())
-	}))
-	route("GET /v1/networks/{mode}/capabilities", reply(func(r *http.Request) (netdriver.Capabilities, error) {
-		d, err := driverOf(r)
-		if err != nil {
-			return netdriver.Capabilities{}, err
-		}
-		return d.Capabilities(), nil
 	}))
 	route("PUT /v1/networks/{mode}/{id}", reply(func(r *http.Request) (*netdriver.Status, error) {
 		d, err := driverOf(r)
@@ -73,8 +81,8 @@ func networkRoutes(route func(string, http.HandlerFunc), nets map[netdriver.Mode
 
 // Network returns the agent's network driver for mode as a remote
 // netdriver.Driver. Its calls fail with errcode.Unimplemented if the agent
-// has no driver for the mode. Capabilities, which cannot fail, reports no
-// modes when the agent cannot be asked.
+// has no driver for the mode. Capabilities are those the agent reported
+// when the client dialled (none if it offers no driver for the mode).
 func (c *Client) Network(mode netdriver.Mode) netdriver.Driver {
 	return &networkClient{c: c, mode: mode}
 }
@@ -125,20 +133,26 @@ func (n *networkClient) Networks(ctx context.Context) ([]*netdriver.Status, erro
 }
 
 func (n *networkClient) Capabilities() netdriver.Capabilities {
-	caps, err := call[netdriver.Capabilities](context.Background(), n.c, http.MethodGet, n.path("capabilities"), nil)
-	if err != nil {
-		return netdriver.Capabilities{}
-	}
+	var caps netdriver.Capabilities
+	n.c.caps.decode("networks", string(n.mode), &caps)
 	return caps
 }
 
 // Close does nothing: the Client holds the connection.
 func (n *networkClient) Close() error { return nil }
 
-// preflightRoutes serves the server's side of network preflights
+// preflightService serves the server's side of network preflights
 // (package network/preflight) under /v1/preflight, from the agent's own
 // network namespace: the server's.
-func preflightRoutes(route func(string, http.HandlerFunc), p *preflight.Local) {
+type preflightService struct{ p *preflight.Local }
+
+func (preflightService) Name() string { return "preflight" }
+
+// Capabilities: a preflight has no kinds.
+func (preflightService) Capabilities(context.Context) (map[string]any, error) { return nil, nil }
+
+func (s preflightService) Routes(route func(string, http.HandlerFunc)) {
+	p := s.p
 	route("POST /v1/preflight/responders", reply(func(r *http.Request) (*preflight.Responder, error) {
 		var req preflight.RespondRequest
 		if err := decodeBody(r, &req); err != nil {

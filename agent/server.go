@@ -20,7 +20,6 @@ import (
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/names"
-	netdriver "github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/preflight"
 )
 
@@ -32,15 +31,12 @@ type ServerOptions struct {
 	// ShutdownTimeout bounds how long Serve lets calls in flight finish
 	// once its context is done; then they are cancelled. Default 10s.
 	ShutdownTimeout time.Duration
-	// Networks are the server's network drivers, by mode, served under
-	// /v1/networks/{mode} (see Client.Network).
-	Networks map[netdriver.Mode]netdriver.Driver
-	// Balancers are the load balancers the server runs for the cluster,
-	// served under /v1/balancers (see Client.Balancer); nil serves none.
-	Balancers *Balancers
-	// FloatingIPs are the floating-IP speakers the server runs, served
-	// under /v1/floating-ips (see Client.FloatingIP); nil serves none.
-	FloatingIPs *FloatingIPs
+	// Services are the subsystems the server serves beside its container
+	// driver, each under /v1/<its name>: NetworkService (see
+	// Client.Network), *Balancers (Client.Balancer), *FloatingIPs
+	// (Client.FloatingIP). The caller keeps them and closes them after
+	// Serve returns. Network preflights are always served.
+	Services []Service
 }
 
 // Server serves a driver to the cluster's agents and clients.
@@ -168,10 +164,12 @@ func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 	mux := http.NewServeMux()
 	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, validated(h)) }
-	networkRoutes(route, opts.Networks)
-	balancerRoutes(route, opts.Balancers)
-	floatingRoutes(route, opts.FloatingIPs)
-	preflightRoutes(route, preflight.NewLocal(nil))
+	services := append([]Service{preflightService{preflight.NewLocal(nil)}}, opts.Services...)
+	for _, svc := range services {
+		svc.Routes(route)
+	}
+	caps := &capabilityDocument{services: services}
+	route("GET /v1/capabilities", reply(func(r *http.Request) (map[string]map[string]any, error) { return caps.get(r.Context()) }))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errcode.New(errcode.Unimplemented, "the agent's driver does not implement %s %s", r.Method, r.URL.Path))
 	})

@@ -168,7 +168,7 @@ func TestTransferRejectsBadInput(t *testing.T) {
 			t.Errorf("pull of %q as %q: got %v, want InvalidArgument", tt.name, tt.rename, err)
 		}
 	}
-	if strings.Contains(cl.serverLog.String()[logged:], "/v1/ping") {
+	if strings.Contains(cl.serverLog.String()[logged:], "/v1/capabilities") {
 		t.Errorf("an agent dialled a peer despite a bad request:\n%s", cl.serverLog)
 	}
 	if list, _ := dst.List(ctx); len(list) != 0 {

@@ -28,11 +28,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -41,23 +43,10 @@ import (
 	"github.com/musterkit/muster/agent"
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/driver"
-	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/discovery"
-	"github.com/musterkit/muster/drivers/bgp"
 	"github.com/musterkit/muster/drivers/consul"
-	"github.com/musterkit/muster/drivers/haproxy"
-	"github.com/musterkit/muster/drivers/keepalived"
-	"github.com/musterkit/muster/drivers/lvs"
-	"github.com/musterkit/muster/drivers/lxc"
-	"github.com/musterkit/muster/drivers/nginx"
-	"github.com/musterkit/muster/drivers/vxlan"
-	"github.com/musterkit/muster/drivers/wireguard"
 	"github.com/musterkit/muster/errcode"
-	hadriver "github.com/musterkit/muster/ha/driver"
-	lbdriver "github.com/musterkit/muster/lb/driver"
-	"github.com/musterkit/muster/lb/memlb"
 	netdriver "github.com/musterkit/muster/network/driver"
-	"github.com/musterkit/muster/network/memnetwork"
 	"github.com/musterkit/muster/network/restore"
 )
 
@@ -107,7 +96,11 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			d, err := openDriver(ctx, driverName, dir, creds.Cert.Leaf.Subject.CommonName, log)
+			openers, err := pick(containerDrivers, []string{driverName}, "container driver")
+			if err != nil {
+				return err
+			}
+			d, err := openers[driverName](ctx, dir, creds.Cert.Leaf.Subject.CommonName, log)
 			if err != nil {
 				return err
 			}
@@ -157,7 +150,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 				return err
 			}
 			log.Info("serving", "name", creds.Cert.Leaf.Subject.CommonName, "addr", l.Addr(), "driver", driverName, "ca", creds.CAFingerprint)
-			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log, Networks: nets, Balancers: bs, FloatingIPs: fs}).Serve(ctx, l)
+			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log, Services: []agent.Service{agent.NetworkService(nets), bs, fs}}).Serve(ctx, l)
 			log.Info("stopped")
 			return err
 		},
@@ -169,12 +162,12 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	f.IPSliceVar(&ips, "ip", nil, "IP address the certificate names, repeatable (default: the --listen IP, if one is given)")
 	f.StringVar(&joinURL, "join", "", "URL of the join server, for the first start")
 	f.StringVar(&token, "token", "", "join token (muster-agent token), for the first start")
-	f.StringVar(&driverName, "driver", "lxc", "container driver: lxc, or memory (in-memory, for trials)")
-	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: vxlan, wireguard, bgp, or memory (in-memory, every mode)")
+	f.StringVar(&driverName, "driver", "lxc", "container driver: "+kindList(containerDrivers))
+	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: "+kindList(networkDrivers)+" (memory: in memory, every mode)")
 	f.StringVar(&publishConsul, "publish-consul", "", "publish the services of this server's labelled containers (muster.io/service, muster.io/port) to the Consul agent at this host:port")
 	f.DurationVar(&publishEvery, "publish-interval", 10*time.Second, "how often --publish-consul syncs; a dead agent's services expire after three of these")
-	f.StringSliceVar(&floating, "floating-ip", []string{"keepalived"}, "floating-IP speaker kinds to offer: keepalived, or none (an empty value)")
-	f.StringSliceVar(&balancers, "balancer", []string{"haproxy", "nginx", "lvs", "memory"}, "load-balancer kinds to offer, repeatable: haproxy, nginx, lvs, memory")
+	f.StringSliceVar(&floating, "floating-ip", []string{"keepalived"}, "floating-IP speaker kinds to offer: "+kindList(floatingIPKinds)+", or none (an empty value)")
+	f.StringSliceVar(&balancers, "balancer", slices.Sorted(maps.Keys(balancerKinds)), "load-balancer kinds to offer, repeatable: "+kindList(balancerKinds))
 	return cmd
 }
 
@@ -205,48 +198,21 @@ func credentials(ctx context.Context, log *slog.Logger, dir, joinURL, token, nam
 	return creds, nil
 }
 
-func openDriver(ctx context.Context, name, dir, hostname string, log *slog.Logger) (driver.Driver, error) {
-	switch name {
-	case "lxc":
-		return lxc.Open(ctx, dir, &lxc.Options{Logger: log})
-	case "memory":
-		return memcontainer.New(&memcontainer.Options{Hostname: hostname}), nil
-	}
-	return nil, fmt.Errorf("unknown driver %q: want lxc or memory", name)
-}
-
 // openNetworks opens the network drivers named, in this process's network
 // namespace (the server's), each keeping what it applies under
 // stateDir/<name> (package network/restore), and restores what an earlier
 // run applied: networks whose state lives in this process (userspace
 // WireGuard, BGP speakers) carry traffic again without the orchestrator.
-func openNetworks(ctx context.Context, names []string, stateDir string, log *slog.Logger) (map[netdriver.Mode]netdriver.Driver, error) {
+func openNetworks(ctx context.Context, kinds []string, stateDir string, log *slog.Logger) (map[netdriver.Mode]netdriver.Driver, error) {
+	openers, err := pick(networkDrivers, kinds, "network driver")
+	if err != nil {
+		return nil, err
+	}
 	nets := map[netdriver.Mode]netdriver.Driver{}
-	for _, name := range names {
-		var d netdriver.Driver
-		switch name {
-		case "vxlan":
-			v, err := vxlan.Open(ctx, &vxlan.Options{Logger: log})
-			if err != nil {
-				return nil, err
-			}
-			d = v
-		case "bgp":
-			b, err := bgp.Open(ctx, &bgp.Options{Logger: log})
-			if err != nil {
-				return nil, err
-			}
-			d = b
-		case "wireguard":
-			w, err := wireguard.Open(ctx, &wireguard.Options{Logger: log})
-			if err != nil {
-				return nil, err
-			}
-			d = w
-		case "memory":
-			d = memnetwork.New(nil)
-		default:
-			return nil, fmt.Errorf("unknown network driver %q: want vxlan, wireguard, bgp or memory", name)
+	for name, open := range openers {
+		d, err := open(ctx, log)
+		if err != nil {
+			return nil, err
 		}
 		kept, err := restore.Wrap(d, filepath.Join(stateDir, name), log)
 		if err != nil {
@@ -273,29 +239,16 @@ func openNetworks(ctx context.Context, names []string, stateDir string, log *slo
 // start their own when they deploy the kept configurations. A graceful stop
 // stops them. A nil result comes with the error that prevented it;
 // otherwise the error says which balancers did not come back.
-func openBalancers(ctx context.Context, names []string, dir string, log *slog.Logger) (*agent.Balancers, error) {
-	kinds := map[string]agent.BalancerKind{}
-	for _, name := range names {
-		switch name {
-		case "haproxy":
-			kinds[name] = func(ctx context.Context, dir string) (lbdriver.Driver, error) {
-				return haproxy.Open(ctx, dir, &haproxy.Options{Logger: log})
-			}
-		case "nginx":
-			kinds[name] = func(ctx context.Context, dir string) (lbdriver.Driver, error) {
-				return nginx.Open(ctx, dir, &nginx.Options{Logger: log})
-			}
-		case "lvs":
-			kinds[name] = func(ctx context.Context, _ string) (lbdriver.Driver, error) {
-				return lvs.Open(ctx, &lvs.Options{Logger: log})
-			}
-		case "memory":
-			kinds[name] = func(context.Context, string) (lbdriver.Driver, error) { return memlb.New(), nil }
-		default:
-			return nil, fmt.Errorf("unknown balancer kind %q: want haproxy, nginx, lvs or memory", name)
-		}
+func openBalancers(ctx context.Context, kinds []string, dir string, log *slog.Logger) (*agent.Balancers, error) {
+	openers, err := pick(balancerKinds, kinds, "balancer kind")
+	if err != nil {
+		return nil, err
 	}
-	return agent.OpenBalancers(ctx, dir, kinds, log)
+	offered := map[string]agent.BalancerKind{}
+	for name, open := range openers {
+		offered[name] = open(log)
+	}
+	return agent.OpenBalancers(ctx, dir, offered, log)
 }
 
 // publish keeps the services of the server's labelled containers
@@ -344,20 +297,16 @@ func publish(ctx context.Context, addr string, every time.Duration, server strin
 // openFloatingIPs offers the floating-IP speaker kinds named (keepalived,
 // run in this process's network namespace: the server's), with their
 // instances under dir, and applies again those an earlier run kept.
-func openFloatingIPs(ctx context.Context, names []string, dir string, log *slog.Logger) (*agent.FloatingIPs, error) {
-	kinds := map[string]agent.FloatingIPKind{}
-	for _, name := range names {
-		switch name {
-		case "keepalived":
-			kinds[name] = func(ctx context.Context, dir string) (hadriver.Driver, error) {
-				return keepalived.Open(ctx, dir, &keepalived.Options{Logger: log})
-			}
-		case "":
-		default:
-			return nil, fmt.Errorf("unknown floating-IP kind %q: want keepalived", name)
-		}
+func openFloatingIPs(ctx context.Context, kinds []string, dir string, log *slog.Logger) (*agent.FloatingIPs, error) {
+	openers, err := pick(floatingIPKinds, slices.DeleteFunc(kinds, func(k string) bool { return k == "" }), "floating-IP kind")
+	if err != nil {
+		return nil, err
 	}
-	return agent.OpenFloatingIPs(ctx, dir, kinds, log)
+	offered := map[string]agent.FloatingIPKind{}
+	for name, open := range openers {
+		offered[name] = open(log)
+	}
+	return agent.OpenFloatingIPs(ctx, dir, offered, log)
 }
 
 // certIPs returns ips, or the IP of listen if ips is empty and listen

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/musterkit/muster/agent"
+	"github.com/musterkit/muster/container/driver"
+	"github.com/musterkit/muster/container/memcontainer"
+	"github.com/musterkit/muster/drivers/bgp"
+	"github.com/musterkit/muster/drivers/haproxy"
+	"github.com/musterkit/muster/drivers/keepalived"
+	"github.com/musterkit/muster/drivers/lvs"
+	"github.com/musterkit/muster/drivers/lxc"
+	"github.com/musterkit/muster/drivers/nginx"
+	"github.com/musterkit/muster/drivers/vxlan"
+	"github.com/musterkit/muster/drivers/wireguard"
+	hadriver "github.com/musterkit/muster/ha/driver"
+	lbdriver "github.com/musterkit/muster/lb/driver"
+	"github.com/musterkit/muster/lb/memlb"
+	netdriver "github.com/musterkit/muster/network/driver"
+	"github.com/musterkit/muster/network/memnetwork"
+)
+
+// The drivers this agent links, registered by kind: the one place that
+// maps a flag's value to a driver. Serving another driver (one of your own
+// module's) is one more entry here, or your own program around
+// agent.NewServer.
+var (
+	containerDrivers = map[string]func(ctx context.Context, dir, hostname string, log *slog.Logger) (driver.Driver, error){
+		"lxc": func(ctx context.Context, dir, _ string, log *slog.Logger) (driver.Driver, error) {
+			return lxc.Open(ctx, dir, &lxc.Options{Logger: log})
+		},
+		"memory": func(_ context.Context, _, hostname string, _ *slog.Logger) (driver.Driver, error) {
+			return memcontainer.New(&memcontainer.Options{Hostname: hostname}), nil
+		},
+	}
+	networkDrivers = map[string]func(ctx context.Context, log *slog.Logger) (netdriver.Driver, error){
+		"vxlan": func(ctx context.Context, log *slog.Logger) (netdriver.Driver, error) {
+			return vxlan.Open(ctx, &vxlan.Options{Logger: log})
+		},
+		"wireguard": func(ctx context.Context, log *slog.Logger) (netdriver.Driver, error) {
+			return wireguard.Open(ctx, &wireguard.Options{Logger: log})
+		},
+		"bgp": func(ctx context.Context, log *slog.Logger) (netdriver.Driver, error) {
+			return bgp.Open(ctx, &bgp.Options{Logger: log})
+		},
+		"memory": func(context.Context, *slog.Logger) (netdriver.Driver, error) { return memnetwork.New(nil), nil },
+	}
+	// HAProxy and Nginx outlive an agent that dies (the data plane keeps
+	// serving while the control plane is away); the restarted agent's
+	// drivers end them and start their own when they deploy the kept
+	// configurations. A graceful stop stops them.
+	balancerKinds = map[string]func(log *slog.Logger) agent.BalancerKind{
+		"haproxy": func(log *slog.Logger) agent.BalancerKind {
+			return func(ctx context.Context, dir string) (lbdriver.Driver, error) {
+				return haproxy.Open(ctx, dir, &haproxy.Options{Logger: log})
+			}
+		},
+		"nginx": func(log *slog.Logger) agent.BalancerKind {
+			return func(ctx context.Context, dir string) (lbdriver.Driver, error) {
+				return nginx.Open(ctx, dir, &nginx.Options{Logger: log})
+			}
+		},
+		"lvs": func(log *slog.Logger) agent.BalancerKind {
+			return func(ctx context.Context, _ string) (lbdriver.Driver, error) {
+				return lvs.Open(ctx, &lvs.Options{Logger: log})
+			}
+		},
+		"memory": func(*slog.Logger) agent.BalancerKind {
+			return func(context.Context, string) (lbdriver.Driver, error) { return memlb.New(), nil }
+		},
+	}
+	// keepalived runs in this process's network namespace: the server's.
+	floatingIPKinds = map[string]func(log *slog.Logger) agent.FloatingIPKind{
+		"keepalived": func(log *slog.Logger) agent.FloatingIPKind {
+			return func(ctx context.Context, dir string) (hadriver.Driver, error) {
+				return keepalived.Open(ctx, dir, &keepalived.Options{Logger: log})
+			}
+		},
+	}
+)
+
+// pick returns the openers of the kinds named, or an error naming an
+// unknown kind and the kinds there are.
+func pick[O any](registered map[string]O, kinds []string, what string) (map[string]O, error) {
+	out := map[string]O{}
+	for _, k := range kinds {
+		o, ok := registered[k]
+		if !ok {
+			return nil, fmt.Errorf("unknown %s %q: want %s", what, k, kindList(registered))
+		}
+		out[k] = o
+	}
+	return out, nil
+}
+
+// kindList lists the kinds registered, sorted, for messages and help.
+func kindList[O any](registered map[string]O) string {
+	return strings.Join(slices.Sorted(maps.Keys(registered)), ", ")
+}
