@@ -17,7 +17,7 @@ import (
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/drivertest"
 	"github.com/musterkit/muster/internal/fleet"
-	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/roottest"
 )
 
 // rootfsBytes is the payload added to the moved container's root filesystem.

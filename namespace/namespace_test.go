@@ -7,8 +7,8 @@ import (
 
 	"github.com/vishvananda/netns"
 
-	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/namespace"
+	"github.com/musterkit/muster/roottest"
 )
 
 // TestRun runs code in a fresh namespace, which holds only its loopback

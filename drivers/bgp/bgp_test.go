@@ -17,10 +17,10 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/errcode"
-	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/drivertest"
+	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/testhost"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/internal/golden"
-	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/names"
+	"github.com/musterkit/muster/roottest"
 )
 
 // BIRD 2 is the independent peer of the interop test. Its configuration

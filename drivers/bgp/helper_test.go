@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/errcode"
-	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/network/driver"
+	"github.com/musterkit/muster/testhost"
 )
 
 // The driver must run in its server's namespace (see the package doc), so

@@ -10,8 +10,8 @@ import (
 
 	"github.com/musterkit/muster/discovery/driver"
 	"github.com/musterkit/muster/internal/consultest"
-	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/internal/testhost"
+	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/testhost"
 )
 
 // TestClusterSurvivesAServer runs a 3-server Consul cluster, one server

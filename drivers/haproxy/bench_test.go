@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/drivertest"
+	"github.com/musterkit/muster/roottest"
 )
 
 // handWritten is what an operator would write by hand for the config the

@@ -19,10 +19,10 @@ import (
 
 	"github.com/musterkit/muster/drivers/haproxy"
 	"github.com/musterkit/muster/errcode"
-	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/drivertest"
+	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/testhost"
 )
 
 // shortDir returns a fresh directory with a path short enough for sockets.

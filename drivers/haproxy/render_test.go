@@ -15,9 +15,9 @@ import (
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/internal/confpath"
 	"github.com/musterkit/muster/internal/golden"
-	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/drivertest"
+	"github.com/musterkit/muster/roottest"
 )
 
 // goldenDir is the instance directory golden files are rendered for.

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/ha/driver"
-	"github.com/musterkit/muster/internal/testhost"
+	"github.com/musterkit/muster/testhost"
 )
 
 // BenchmarkFailover measures the floating address's outage: host 0's

@@ -41,7 +41,7 @@
 // (CAP_NET_ADMIN and CAP_NET_RAW in the server's network namespace: VRRP is
 // a raw IP protocol and the addresses are managed by netlink). The driver
 // passes the conformance suite in ha/drivertest; its tests run as root in
-// internal/testhost namespaces (MUSTER_ROOT_TESTS=1), the split-brain test
+// testhost namespaces (MUSTER_ROOT_TESTS=1), the split-brain test
 // also needs nftables, the HA-pair test haproxy.
 package keepalived
 

@@ -20,8 +20,8 @@ import (
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/ha/driver"
 	"github.com/musterkit/muster/ha/drivertest"
-	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/internal/testhost"
+	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/testhost"
 )
 
 func requireRoot(t testing.TB, more ...roottest.Need) {

@@ -13,9 +13,9 @@ import (
 	"github.com/musterkit/muster/drivers/haproxy"
 	"github.com/musterkit/muster/ha"
 	"github.com/musterkit/muster/ha/driver"
-	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/internal/testhost"
 	lbdriver "github.com/musterkit/muster/lb/driver"
+	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/testhost"
 )
 
 func openHAProxy(t *testing.T, h *testhost.Host) *haproxy.Driver {

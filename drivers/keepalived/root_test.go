@@ -16,8 +16,8 @@ import (
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/ha"
 	"github.com/musterkit/muster/ha/driver"
-	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/internal/testhost"
+	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/testhost"
 )
 
 // startPair applies cfg0 (priority 150) on host 0 and cfg1 (100) on host 1

@@ -24,6 +24,6 @@
 // module, with ip_vs_wrr, ip_vs_wlc and ip_vs_sh). On a kernel without it
 // Open returns errcode.Unimplemented saying so. The project's test
 // machines have no IPVS: the driver's tests against the kernel are the
-// listed exception (internal/roottest), and its unit tests check the
+// listed exception (roottest), and its unit tests check the
 // mapping through a recording ipvs.Client.
 package lvs

@@ -17,9 +17,9 @@ import (
 
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/internal/freeport"
-	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/drivertest"
+	"github.com/musterkit/muster/roottest"
 )
 
 // kernel is an ipvs.Client that records calls into a model of IPVS's

@@ -18,7 +18,7 @@ import (
 
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
-	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/roottest"
 )
 
 // baseImage is the name of the busybox image in every test server's store.

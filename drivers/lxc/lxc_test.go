@@ -26,8 +26,8 @@ import (
 	"github.com/musterkit/muster/container/drivertest"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
-	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/internal/testhost"
+	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/testhost"
 )
 
 func TestConformance(t *testing.T) {

@@ -18,10 +18,10 @@ import (
 
 	"github.com/musterkit/muster/drivers/nginx"
 	"github.com/musterkit/muster/errcode"
-	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/drivertest"
+	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/testhost"
 )
 
 func open(t *testing.T) *nginx.Driver {

@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/network/driver"
+	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/testhost"
 )
 
 // iperf3 runs an iperf3 client in host against server for seconds with

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/network/driver"
+	"github.com/musterkit/muster/testhost"
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"

@@ -13,9 +13,9 @@ import (
 
 	"github.com/musterkit/muster/drivers/vxlan"
 	"github.com/musterkit/muster/errcode"
-	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/drivertest"
+	"github.com/musterkit/muster/testhost"
 	"github.com/vishvananda/netlink"
 )
 

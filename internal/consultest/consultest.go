@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/roottest"
 )
 
 // Require gates t on the consul program.

@@ -13,7 +13,7 @@ import (
 	"github.com/musterkit/muster/discovery/dnsfront"
 	"github.com/musterkit/muster/discovery/driver"
 	"github.com/musterkit/muster/discovery/memdiscovery"
-	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/roottest"
 )
 
 // TestContainerResolvesByDNS serves the embedded registry's DNS front on

@@ -20,7 +20,7 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/drivertest"
 	"github.com/musterkit/muster/internal/fleet"
-	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/roottest"
 )
 
 var agentBinary string

@@ -15,8 +15,8 @@ import (
 
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/ha"
-	"github.com/musterkit/muster/internal/roottest"
 	lbdriver "github.com/musterkit/muster/lb/driver"
+	"github.com/musterkit/muster/roottest"
 )
 
 // TestHAPairThroughAgents deploys, in one call and entirely through the

@@ -1,5 +1,5 @@
 // Package fleet starts a cluster of simulated servers on one machine, each a
-// network namespace (internal/testhost) running a real muster-agent process
+// network namespace (testhost) running a real muster-agent process
 // that joined the cluster with a one-time token, and returns a
 // container.Cluster of agent clients. The demo, the end-to-end tests and
 // the benchmarks use it. It needs root, iproute2 and, for the lxc driver,
@@ -28,7 +28,7 @@ import (
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/drivers/lxc"
 	"github.com/musterkit/muster/internal/orphan"
-	"github.com/musterkit/muster/internal/testhost"
+	"github.com/musterkit/muster/testhost"
 )
 
 // AgentPort is the port every agent serves on, at its server's address.

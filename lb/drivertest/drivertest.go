@@ -5,7 +5,7 @@
 // test names run on every driver: memlb and the real drivers in drivers/.
 //
 // RunTrafficTests is the second suite, for real drivers only: it needs root
-// (it builds simulated servers with internal/testhost) and sends real HTTP
+// (it builds simulated servers with testhost) and sends real HTTP
 // and HTTPS traffic through the balancer to backends on those servers,
 // measuring what each algorithm, health check, reload and server operation
 // does to it. Driver-specific features are gated by Capabilities, so every

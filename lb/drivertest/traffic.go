@@ -18,8 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/musterkit/muster/errcode"
-	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/lb/driver"
+	"github.com/musterkit/muster/testhost"
 )
 
 // TrafficHarness opens real balancers for RunTrafficTests.

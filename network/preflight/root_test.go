@@ -7,9 +7,9 @@ import (
 	"testing"
 
 	"github.com/musterkit/muster/errcode"
-	"github.com/musterkit/muster/internal/roottest"
-	"github.com/musterkit/muster/internal/testhost"
 	"github.com/musterkit/muster/network/driver"
+	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/testhost"
 )
 
 // TestAcrossTestHosts runs a preflight across three test hosts where

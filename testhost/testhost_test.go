@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/musterkit/muster/internal/roottest"
+	"github.com/musterkit/muster/roottest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )

@@ -43,8 +43,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/musterkit/muster/internal/roottest"
 	"github.com/musterkit/muster/namespace"
+	"github.com/musterkit/muster/roottest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
