@@ -34,7 +34,7 @@ var baseImage = sync.OnceValue(func() (b struct {
 		return b
 	}
 	defer os.RemoveAll(dir)
-	store, err := image.OpenStore(dir)
+	store, err := image.OpenStore(dir, nil)
 	if err == nil {
 		_, err = image.BuildBase(ctx, store, "base", nil)
 	}

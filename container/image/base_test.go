@@ -26,11 +26,11 @@ func requireBusybox(t *testing.T) {
 func TestBuildBase(t *testing.T) {
 	requireBusybox(t)
 	ctx := context.Background()
-	s1, err := OpenStore(t.TempDir())
+	s1, err := OpenStore(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2, err := OpenStore(t.TempDir())
+	s2, err := OpenStore(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestBuildBase(t *testing.T) {
 
 func TestBuildBaseRejects(t *testing.T) {
 	ctx := context.Background()
-	s, err := OpenStore(t.TempDir())
+	s, err := OpenStore(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,23 +14,30 @@
 //
 // # Confinement
 //
-// ReadArchive treats every archive as hostile. It extracts only into its
-// destination, through an os.Root, and never follows a symlink: an entry's
-// parent must be a directory that the same archive created earlier, names
-// with "..", "." or empty elements and names outside "rootfs/" are
-// rejected, files are created exclusively (never opened if they exist),
-// and a hard link must name a regular file extracted earlier. A symlink's
-// target is stored as is, so it may point anywhere, but nothing is ever
-// written through one. Limits bound content bytes, entries, metadata and
-// the decompressed stream, against decompression bombs. Any failure
-// removes everything the extraction created; errors about the archive have
-// code errcode.InvalidArgument.
+// Every archive is treated as hostile and read by one reader, ScanArchive,
+// with one set of checks and Limits: ReadArchive extracts what it passes
+// onto disk, Store.Put checks a blob with it while storing it, and
+// in-memory drivers build their trees from it. An entry's parent must be a
+// directory that the same archive created earlier; names with "..", "."
+// or empty elements, names outside "rootfs/", overlong names, uids and
+// gids outside 0..4294967294, sparse files, device nodes and repeated
+// names are rejected, and a hard link must name a regular file extracted
+// earlier. ReadArchive extracts only into its destination, through an
+// os.Root, creates files exclusively (never opening one that exists) and
+// never follows a symlink: a symlink's target is stored as is, so it may
+// point anywhere, but nothing is ever written through one. Limits bound
+// content bytes, entries, metadata, the decompressed stream and its ratio
+// to the compressed size, against decompression bombs. Any failure removes
+// everything the extraction created; errors about the archive have code
+// errcode.InvalidArgument, and an error about a limit names it.
 //
 // # Store
 //
 // A Store keeps one server's images in a directory: blobs named by their
-// sha256 digest and one JSON Manifest per image name. BuildBase makes the
-// offline base image from Debian's busybox-static, reproducibly.
+// sha256 digest and one JSON Manifest per image name. Put admits only
+// archives within the store's limits (StoreOptions), and Unpack applies
+// them again. BuildBase makes the offline base image from Debian's
+// busybox-static, reproducibly.
 //
 // Ownership is restored only when running as root; otherwise extracted
 // files belong to the caller. No other privilege is needed.

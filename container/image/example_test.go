@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"path/filepath"
@@ -37,6 +38,34 @@ func ExampleReadArchive() {
 	// Output: meta {"name":"demo"}, motd "hello\n"
 }
 
+func ExampleScanArchive() {
+	ctx := context.Background()
+	src, err := os.MkdirTemp("", "example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(src)
+	os.WriteFile(filepath.Join(src, "motd"), []byte("hello\n"), 0o644)
+	os.Symlink("motd", filepath.Join(src, "issue"))
+	var archive bytes.Buffer
+	if err := image.WriteArchive(ctx, &archive, src, nil, nil); err != nil {
+		log.Fatal(err)
+	}
+	// An in-memory reader: every check and limit, nothing on disk.
+	_, err = image.ScanArchive(ctx, &archive, int64(archive.Len()), image.DefaultLimits(), func(e *image.Entry, content io.Reader) error {
+		data, err := io.ReadAll(content)
+		fmt.Printf("%-7s %q %q %q\n", e.Type, e.Path, e.Target, data)
+		return err
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// dir     "" "" ""
+	// symlink "issue" "motd" ""
+	// file    "motd" "" "hello\n"
+}
+
 func ExampleStore() {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "store")
@@ -44,7 +73,7 @@ func ExampleStore() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	s, err := image.OpenStore(dir)
+	s, err := image.OpenStore(dir, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -30,16 +30,25 @@ import (
 //	tmp/                    blobs being received
 //
 // Several names may share a blob. A reference to an image is its name or
-// its full digest "sha256:<hex>". A Store is safe for concurrent use; files
-// appear by atomic rename, so a crash leaves at most a stray file in tmp/.
-// Only one Store may manage a directory at a time.
+// its full digest "sha256:<hex>". Every blob in the store is an archive
+// that passed the store's limits when it was put. A Store is safe for
+// concurrent use; files appear by atomic rename, so a crash leaves at most
+// a stray file in tmp/. Only one Store may manage a directory at a time.
 type Store struct {
-	dir string
-	mu  sync.Mutex // serializes changes to manifests and blobs
+	dir    string
+	limits Limits
+	mu     sync.Mutex // serializes changes to manifests and blobs
+}
+
+// StoreOptions configure a Store. A nil *StoreOptions means the defaults.
+type StoreOptions struct {
+	// Limits bound the archives the store takes in (Put) and unpacks
+	// (Unpack). Zero fields take the DefaultLimits values.
+	Limits Limits
 }
 
 // OpenStore opens the store in dir, creating the directory if missing.
-func OpenStore(dir string) (*Store, error) {
+func OpenStore(dir string, opts *StoreOptions) (*Store, error) {
 	if dir == "" {
 		return nil, errcode.New(errcode.InvalidArgument, "open image store: empty directory name")
 	}
@@ -48,7 +57,12 @@ func OpenStore(dir string) (*Store, error) {
 			return nil, fmt.Errorf("open image store: %w", fsErr(err))
 		}
 	}
-	return &Store{dir: dir}, nil
+	s := &Store{dir: dir}
+	if opts != nil {
+		s.limits = opts.Limits
+	}
+	s.limits = s.limits.orDefault()
+	return s, nil
 }
 
 func (s *Store) blobPath(digest string) string {
@@ -60,9 +74,11 @@ func (s *Store) manifestPath(name string) string {
 }
 
 // Put stores blob, an archive, as the image m.Name. It streams blob to a
-// temporary file while hashing it, then fills in m.Digest and m.Size; if
-// the caller set them, they must match (errcode.InvalidArgument, and
-// nothing is kept). A zero m.Created becomes the current time and an empty
+// temporary file while hashing it and reading it as ScanArchive does, with
+// the store's limits, then fills in m.Digest and m.Size; if the caller set
+// them, they must match. A blob that is not a valid archive within the
+// limits, or does not match, is refused with code errcode.InvalidArgument,
+// and nothing is kept. A zero m.Created becomes the current time and an empty
 // m.Arch the running GOARCH. If m.Name exists with the same digest, Put
 // does nothing and returns the stored manifest (without reading blob when
 // m.Digest was given); with another digest the error has code
@@ -89,7 +105,13 @@ func (s *Store) Put(ctx context.Context, m Manifest, blob io.Reader) (*Manifest,
 	}
 	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), &ctxReader{ctx: ctx, r: blob})
+	// One pass: what the reader checks is what is written and hashed.
+	body := io.TeeReader(&ctxReader{ctx: ctx, r: blob}, io.MultiWriter(tmp, h))
+	_, err = scanArchive(ctx, body, scanOptions{lim: s.limits}, nil)
+	var n int64
+	if err == nil {
+		n, err = tmp.Seek(0, io.SeekCurrent)
+	}
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -289,14 +311,24 @@ func (s *Store) Open(ctx context.Context, ref string) (*Manifest, io.ReadCloser,
 	return ms[0], f, nil
 }
 
-// Unpack extracts the image ref into dst as ReadArchive does, with
-// DefaultLimits, and checks the blob's digest and size while reading. A
-// blob that no longer matches its manifest gives errcode.Internal, and dst
-// is left as ReadArchive leaves it on error. Unknown ref: errcode.NotFound.
+// Unpack extracts the image ref into dst as ReadArchive does, with the
+// store's limits, and checks the blob's digest and size while reading. The
+// manifest's Size is the compressed size for Limits.MaxRatio, so a file
+// that cannot fit is refused before a byte of it is written. A blob over
+// the limits (the store's limits were lowered since Put) gives
+// errcode.InvalidArgument, naming the limit; a blob that no longer matches
+// its manifest gives errcode.Internal. dst is left as ReadArchive leaves
+// it on error. Unknown ref: errcode.NotFound.
 func (s *Store) Unpack(ctx context.Context, ref string, dst string) (*Manifest, error) {
+	m, _, err := s.unpack(ctx, ref, dst)
+	return m, err
+}
+
+// unpack is Unpack; written is the number of content bytes it wrote.
+func (s *Store) unpack(ctx context.Context, ref string, dst string) (*Manifest, int64, error) {
 	m, f, err := s.Open(ctx, ref)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer f.Close()
 	h := sha256.New()
@@ -310,7 +342,7 @@ func (s *Store) Unpack(ctx context.Context, ref string, dst string) (*Manifest, 
 		}
 		return nil
 	}
-	_, err = readArchive(ctx, r, dst, DefaultLimits(), nil, verify)
+	_, written, err := readArchive(ctx, r, dst, scanOptions{lim: s.limits, size: m.Size}, verify)
 	if errors.Is(err, errcode.InvalidArgument) {
 		// A blob that passed Put is well formed: report corruption as such.
 		if verr := verify(); verr != nil {
@@ -318,7 +350,7 @@ func (s *Store) Unpack(ctx context.Context, ref string, dst string) (*Manifest, 
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("unpack image %s: %w", m.Name, err)
+		return nil, written, fmt.Errorf("unpack image %s: %w", m.Name, err)
 	}
-	return m, nil
+	return m, written, nil
 }

@@ -8,13 +8,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/musterkit/muster/errcode"
 )
 
@@ -56,7 +59,7 @@ func storeFiles(t *testing.T, dir string) []string {
 func TestStore(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := OpenStore(dir)
+	s, err := OpenStore(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +177,7 @@ func TestStore(t *testing.T) {
 func TestStorePutRejects(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := OpenStore(dir)
+	s, err := OpenStore(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +213,7 @@ func TestStorePutRejects(t *testing.T) {
 
 func TestStoreConcurrentPuts(t *testing.T) {
 	ctx := context.Background()
-	s, err := OpenStore(t.TempDir())
+	s, err := OpenStore(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +265,7 @@ func TestStoreConcurrentPuts(t *testing.T) {
 
 func TestStoreUnpackDetectsCorruption(t *testing.T) {
 	ctx := context.Background()
-	s, err := OpenStore(t.TempDir())
+	s, err := OpenStore(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,5 +289,158 @@ func TestStoreUnpackDetectsCorruption(t *testing.T) {
 		if _, err := os.Lstat(dst); err == nil {
 			t.Errorf("%s: Unpack left dst", name)
 		}
+	}
+}
+
+func TestStorePutRefusesNonArchives(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := OpenStore(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid := testBlob(t, "x")
+	for name, blob := range map[string][]byte{
+		"text":               []byte("this is not an archive"),
+		"empty":              nil,
+		"truncated":          valid[:len(valid)-8],
+		"trailing garbage":   append(bytes.Clone(valid), "garbage"...),
+		"two archives":       append(bytes.Clone(valid), valid...),
+		"zstd of plain text": compressed(t, []byte("this is not a tar stream either")),
+	} {
+		_, err := s.Put(ctx, Manifest{Name: "a"}, bytes.NewReader(blob))
+		if !errors.Is(err, errcode.InvalidArgument) {
+			t.Errorf("%s: Put = %v, want InvalidArgument", name, err)
+		}
+		if files := storeFiles(t, dir); len(files) != 0 {
+			t.Errorf("%s: refused Put left %v", name, files)
+		}
+		if list, _ := s.List(ctx); len(list) != 0 {
+			t.Errorf("%s: refused Put left manifests %v", name, list)
+		}
+	}
+	// An error of the blob's reader is passed through, not blamed on the
+	// archive.
+	unavailable := errcode.New(errcode.Unavailable, "connection reset")
+	r := io.MultiReader(bytes.NewReader(valid[:len(valid)/2]), &failingReader{unavailable})
+	if _, err := s.Put(ctx, Manifest{Name: "a"}, r); !errors.Is(err, errcode.Unavailable) {
+		t.Errorf("failing reader: Put = %v, want its Unavailable", err)
+	}
+	if files := storeFiles(t, dir); len(files) != 0 {
+		t.Errorf("failed Put left %v", files)
+	}
+}
+
+// compressed returns data as one zstd frame.
+func compressed(t *testing.T, data []byte) []byte {
+	var buf bytes.Buffer
+	w, err := zstd.NewWriter(&buf)
+	if err == nil {
+		_, err = w.Write(data)
+	}
+	if err == nil {
+		err = w.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// zeroImage returns an archive of one file of size zero bytes: a small
+// blob that expands a lot. The file is sparse, so making it costs no disk.
+func zeroImage(t *testing.T, size int64) []byte {
+	t.Helper()
+	src := t.TempDir()
+	f, err := os.Create(filepath.Join(src, "zeros"))
+	if err == nil {
+		err = f.Truncate(size)
+	}
+	if err == nil {
+		err = f.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := WriteArchive(context.Background(), &buf, src, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestStoreLimitsBoundUnpack: a blob that passed Put under lax limits is
+// refused by a store with lower limits, naming the limit, and the disk it
+// wrote stays under the limit. The default limits refuse what the old
+// unbounded Unpack wrote in full (852 KB of blob, 4 GiB of zeros).
+func TestStoreLimitsBoundUnpack(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	const size = 256 << 20
+	blob := zeroImage(t, size)
+	lax, err := OpenStore(dir, &StoreOptions{Limits: Limits{MaxRatio: 1 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lax.Put(ctx, Manifest{Name: "zeros"}, bytes.NewReader(blob)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d MiB of zeros in a blob of %d bytes", size>>20, len(blob))
+	for _, tc := range []struct {
+		lim      Limits
+		want     string
+		maxBytes int64 // what the limit lets through
+	}{
+		{Limits{}, "MaxRatio = 100", 100 << 20},
+		{Limits{MaxRatio: 2}, "MaxRatio = 2", 2 << 20},
+		{Limits{MaxBytes: 1 << 20}, "MaxBytes = 1048576", 1 << 20},
+	} {
+		s, err := OpenStore(dir, &StoreOptions{Limits: tc.lim})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(t.TempDir(), "rootfs")
+		_, written, err := s.unpack(ctx, "zeros", dst)
+		if !errors.Is(err, errcode.InvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: Unpack = %v, want InvalidArgument naming %s", tc.lim, err, tc.want)
+		}
+		if written > tc.maxBytes {
+			t.Errorf("%+v: Unpack wrote %d bytes, over the limit's %d", tc.lim, written, tc.maxBytes)
+		}
+		if _, err := os.Lstat(dst); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%+v: refused Unpack left dst: %v", tc.lim, err)
+		}
+		// Put refuses the blob under these limits too, keeping nothing.
+		other := t.TempDir()
+		s2, err := OpenStore(other, &StoreOptions{Limits: tc.lim})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s2.Put(ctx, Manifest{Name: "zeros"}, bytes.NewReader(blob)); !strings.Contains(fmt.Sprint(err), tc.want) {
+			t.Errorf("%+v: Put = %v, want an error naming %s", tc.lim, err, tc.want)
+		}
+		if files := storeFiles(t, other); len(files) != 0 {
+			t.Errorf("%+v: refused Put left %v", tc.lim, files)
+		}
+	}
+
+	// Without the compressed size in advance (a stream), the ratio is
+	// checked as the stream goes: the disk written still stays under it.
+	dst := filepath.Join(t.TempDir(), "rootfs")
+	_, written, err := readArchive(ctx, bytes.NewReader(blob), dst, scanOptions{lim: Limits{MaxRatio: 2}}, nil)
+	if !errors.Is(err, errcode.InvalidArgument) || !strings.Contains(err.Error(), "MaxRatio = 2") {
+		t.Errorf("streamed extraction = %v, want MaxRatio = 2", err)
+	}
+	if written > 2<<20 {
+		t.Errorf("streamed extraction wrote %d bytes, over MaxRatio's 2 MiB", written)
+	}
+}
+
+// TestDefaultLimitsAcceptSmallExpansions: under 1 MiB of blob may expand
+// to 100 MiB, so small images with a zero-filled file still pass.
+func TestDefaultLimitsAcceptSmallExpansions(t *testing.T) {
+	blob := zeroImage(t, 64<<20)
+	if _, err := ScanArchive(context.Background(), bytes.NewReader(blob), 0, Limits{}, nil); err != nil {
+		t.Errorf("64 MiB of zeros in %d bytes: %v", len(blob), err)
 	}
 }

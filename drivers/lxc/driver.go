@@ -57,6 +57,10 @@ const (
 type Options struct {
 	// Logger receives the driver's records; nil discards them.
 	Logger *slog.Logger
+	// ArchiveLimits bound every archive the driver reads: images put
+	// into its store and unpacked from it, and imported containers. Zero
+	// fields take the image.DefaultLimits values.
+	ArchiveLimits image.Limits
 }
 
 // Driver runs the LXC containers of one server. It is safe for concurrent
@@ -64,6 +68,7 @@ type Options struct {
 type Driver struct {
 	lxcpath  string // dir/containers: one directory per container
 	images   *image.Store
+	limits   image.Limits // of imports; the store has its own copy
 	log      *slog.Logger
 	cgroups  cgroupLayout
 	lxcStart string // path of the lxc-start program
@@ -107,11 +112,11 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	if err := os.MkdirAll(lxcpath, 0o700); err != nil {
 		return nil, err
 	}
-	store, err := image.OpenStore(filepath.Join(dir, "images"))
+	store, err := image.OpenStore(filepath.Join(dir, "images"), &image.StoreOptions{Limits: opts.ArchiveLimits})
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{lxcpath: lxcpath, images: store, log: log, cgroups: cg, lxcStart: lxcStart}
+	d := &Driver{lxcpath: lxcpath, images: store, limits: opts.ArchiveLimits, log: log, cgroups: cg, lxcStart: lxcStart}
 	entries, err := os.ReadDir(lxcpath)
 	if err != nil {
 		return nil, err

@@ -195,7 +195,7 @@ func (d *Driver) Import(ctx context.Context, r io.Reader, rename string) (*drive
 		return nil, err
 	}
 	defer os.RemoveAll(stage)
-	rec, err := image.ReadArchive(ctx, r, filepath.Join(stage, "rootfs"), image.DefaultLimits(), nil)
+	rec, err := image.ReadArchive(ctx, r, filepath.Join(stage, "rootfs"), d.limits, nil)
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
