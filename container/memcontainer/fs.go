@@ -3,7 +3,7 @@ package memcontainer
 import (
 	"archive/tar"
 	"bytes"
-	"errors"
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
@@ -122,79 +122,54 @@ func (t tree) lookPath(prog string) (string, bool) {
 	return "", false
 }
 
-// maxArchiveBytes caps what one archive may unpack to in memory.
-const maxArchiveBytes = 1 << 30
+// readTree reads an archive of package image into a tree with
+// image.ScanArchive, the reader every driver uses: the same checks, and
+// lim bounds what it keeps in memory. size is r's length if known, else 0.
+func readTree(ctx context.Context, r io.Reader, size int64, lim image.Limits) (tree, []byte, error) {
+	t := tree{}
+	meta, err := image.ScanArchive(ctx, r, size, lim, func(e *image.Entry, content io.Reader) error {
+		n := &node{mode: e.Mode, uid: e.UID, gid: e.GID, mtime: e.ModTime}
+		switch e.Type {
+		case image.TypeDir:
+			n.mode |= fs.ModeDir
+		case image.TypeFile:
+			data, err := readContent(content, e.Size)
+			if err != nil {
+				return err
+			}
+			n.data = data
+		case image.TypeSymlink:
+			n.mode |= fs.ModeSymlink
+			n.target = e.Target
+		case image.TypeHardlink:
+			cp := *t[path.Join("/", e.Target)]
+			n = &cp
+		}
+		t[path.Join("/", e.Path)] = n
+		return nil
+	})
+	return t, meta, err
+}
 
-// readArchive parses an archive of package image. With wantMeta it returns
-// the leading metadata entry too. Every path is checked as package image
-// checks it: entries live under rootfs/, no "..", no device nodes, hard
-// links only to entries already read.
-func readArchive(r io.Reader, wantMeta bool) (tree, []byte, error) {
-	zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(256<<20))
-	if err != nil {
-		return nil, nil, err
-	}
-	defer zr.Close()
-	tr := tar.NewReader(zr)
-	t := tree{"/": {mode: fs.ModeDir | 0o755}}
-	var meta []byte
-	var total int64
-	for i := 0; ; i++ {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
+// readContent reads a file of size bytes. The buffer grows with what
+// arrives rather than with what the header promises, so memory follows the
+// stream, which the archive limits bound.
+func readContent(r io.Reader, size int64) ([]byte, error) {
+	data := make([]byte, 0, min(size, 64<<10))
+	for int64(len(data)) < size {
+		if len(data) == cap(data) {
+			data = slices.Grow(data, int(min(int64(len(data)), size-int64(len(data)))))
+		}
+		n, err := r.Read(data[len(data):cap(data)])
+		data = data[:len(data)+n]
+		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("reading archive: %w", err)
+			return nil, err
 		}
-		if i == 0 && h.Name == image.MetaName {
-			if meta, err = io.ReadAll(io.LimitReader(tr, 1<<20)); err != nil {
-				return nil, nil, err
-			}
-			continue
-		}
-		name, ok := strings.CutPrefix(h.Name, "rootfs/")
-		if !ok && h.Name != "rootfs" {
-			return nil, nil, fmt.Errorf("entry %q is outside rootfs/", h.Name)
-		}
-		p := path.Clean("/" + name)
-		if slices.Contains(strings.Split(name, "/"), "..") {
-			return nil, nil, fmt.Errorf("entry %q climbs out with ..", h.Name)
-		}
-		if parent, ok := t[path.Dir(p)]; p != "/" && (!ok || !parent.mode.IsDir()) {
-			return nil, nil, fmt.Errorf("entry %q has no parent directory in the archive", h.Name)
-		}
-		n := &node{mode: fs.FileMode(h.Mode).Perm(), uid: h.Uid, gid: h.Gid, mtime: h.ModTime}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			n.mode |= fs.ModeDir
-		case tar.TypeReg:
-			if total += h.Size; total > maxArchiveBytes {
-				return nil, nil, fmt.Errorf("archive unpacks to more than %d bytes", maxArchiveBytes)
-			}
-			if n.data, err = io.ReadAll(tr); err != nil {
-				return nil, nil, err
-			}
-		case tar.TypeSymlink:
-			n.mode |= fs.ModeSymlink
-			n.target = h.Linkname
-		case tar.TypeLink:
-			ln, _ := strings.CutPrefix(h.Linkname, "rootfs/")
-			src, ok := t[path.Clean("/"+ln)]
-			if !ok || !src.mode.IsRegular() {
-				return nil, nil, fmt.Errorf("hard link %q points at %q, not a file read before", h.Name, h.Linkname)
-			}
-			cp := *src
-			n = &cp
-		default:
-			return nil, nil, fmt.Errorf("entry %q has unsupported type %q", h.Name, h.Typeflag)
-		}
-		t[p] = n
 	}
-	if wantMeta && meta == nil {
-		return nil, nil, fmt.Errorf("archive has no %s", image.MetaName)
-	}
-	return t, meta, nil
+	return data, nil
 }
 
 // writeArchive writes t, with meta first, in package image's format.

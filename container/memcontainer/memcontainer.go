@@ -12,7 +12,9 @@
 // write the server's real directories, confined with os.Root.
 //
 // It needs no privileges. Archives are the format of package image, so a
-// container exported here imports into drivers/lxc and back.
+// container exported here imports into drivers/lxc and back; they are
+// read with image.ScanArchive, the reader every driver uses, so this
+// driver refuses what the others refuse, within Options.ArchiveLimits.
 package memcontainer
 
 import (
@@ -20,6 +22,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"maps"
 	"os"
@@ -45,6 +48,12 @@ type Options struct {
 	Bridges []string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// ArchiveLimits bound the archives the driver reads, image blobs
+	// (PutImage) and imported containers (Import), which package image's
+	// one reader checks as it does for every driver. Zero fields take
+	// image.DefaultLimits values, except that MaxBytes defaults to 1 GiB
+	// and MaxEntries to 100,000: this driver keeps every file in memory.
+	ArchiveLimits image.Limits
 }
 
 // Driver is an in-memory driver.Driver. It is safe for concurrent use.
@@ -104,6 +113,12 @@ func New(opts *Options) *Driver {
 	if d.opts.Now == nil {
 		d.opts.Now = time.Now
 	}
+	if d.opts.ArchiveLimits.MaxBytes <= 0 {
+		d.opts.ArchiveLimits.MaxBytes = 1 << 30
+	}
+	if d.opts.ArchiveLimits.MaxEntries <= 0 {
+		d.opts.ArchiveLimits.MaxEntries = 100_000
+	}
 	return d
 }
 
@@ -124,7 +139,8 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Info, e
 	if err := d.checkHost(spec); err != nil {
 		return nil, err
 	}
-	fs, _, err := readArchive(bytes.NewReader(d.blobs[m.Digest]), false)
+	blob := d.blobs[m.Digest]
+	fs, _, err := readTree(ctx, bytes.NewReader(blob), int64(len(blob)), d.opts.ArchiveLimits)
 	if err != nil {
 		return nil, errcode.New(errcode.Internal, "image %q: %w", spec.Image, err)
 	}
@@ -316,22 +332,36 @@ func cloneSpec(s *driver.Spec) driver.Spec {
 	return c
 }
 
-// PutImage implements driver.Images.
+// PutImage implements driver.Images. Like image.Store.Put, it reads the
+// blob once, checking it as an archive while keeping and hashing it, and
+// validates the manifest, labels included.
 func (d *Driver) PutImage(ctx context.Context, m *image.Manifest, blob io.Reader) (*image.Manifest, error) {
 	if err := image.ValidName(m.Name); err != nil {
 		return nil, err
 	}
-	data, err := io.ReadAll(blob)
-	if err != nil {
-		return nil, errcode.New(errcode.InvalidArgument, "image %q: reading blob: %w", m.Name, err)
+	var buf bytes.Buffer
+	h := sha256.New()
+	if _, err := image.ScanArchive(ctx, io.TeeReader(blob, io.MultiWriter(&buf, h)), 0, d.opts.ArchiveLimits, nil); err != nil {
+		return nil, fmt.Errorf("image %q: %w", m.Name, err)
 	}
-	sum := sha256.Sum256(data)
-	digest := "sha256:" + hex.EncodeToString(sum[:])
+	data := buf.Bytes()
+	digest := "sha256:" + hex.EncodeToString(h.Sum(nil))
 	if m.Digest != "" && m.Digest != digest {
 		return nil, errcode.New(errcode.InvalidArgument, "image %q: blob digest %s does not match %s", m.Name, digest, m.Digest)
 	}
-	if _, _, err := readArchive(bytes.NewReader(data), false); err != nil {
-		return nil, errcode.New(errcode.InvalidArgument, "image %q: %w", m.Name, err)
+	if m.Size != 0 && m.Size != int64(len(data)) {
+		return nil, errcode.New(errcode.InvalidArgument, "image %q: blob is %d bytes, not %d", m.Name, len(data), m.Size)
+	}
+	stored := *m
+	stored.Digest, stored.Size, stored.Labels = digest, int64(len(data)), maps.Clone(m.Labels)
+	if stored.Created.IsZero() {
+		stored.Created = d.opts.Now()
+	}
+	if stored.Arch == "" {
+		stored.Arch = runtime.GOARCH
+	}
+	if err := stored.Validate(); err != nil {
+		return nil, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -341,14 +371,6 @@ func (d *Driver) PutImage(ctx context.Context, m *image.Manifest, blob io.Reader
 		}
 		c := *old
 		return &c, nil
-	}
-	stored := *m
-	stored.Digest, stored.Size, stored.Labels = digest, int64(len(data)), maps.Clone(m.Labels)
-	if stored.Created.IsZero() {
-		stored.Created = d.opts.Now()
-	}
-	if stored.Arch == "" {
-		stored.Arch = runtime.GOARCH
 	}
 	d.images[m.Name] = &stored
 	d.blobs[digest] = data

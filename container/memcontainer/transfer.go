@@ -3,6 +3,7 @@ package memcontainer
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/netip"
 	"slices"
@@ -99,9 +100,12 @@ func (d *Driver) Export(ctx context.Context, name string, w io.Writer) error {
 
 // Import implements driver.Transferer.
 func (d *Driver) Import(ctx context.Context, r io.Reader, rename string) (*driver.Info, error) {
-	fs, meta, err := readArchive(r, true)
+	fs, meta, err := readTree(ctx, r, 0, d.opts.ArchiveLimits)
 	if err != nil {
-		return nil, errcode.New(errcode.InvalidArgument, "import: %w", err)
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	if meta == nil {
+		return nil, errcode.New(errcode.InvalidArgument, "import: the archive holds no container spec")
 	}
 	var spec driver.Spec
 	if err := json.Unmarshal(meta, &spec); err != nil {
