@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/musterkit/muster/agent/pki"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/drivertest"
 	"github.com/musterkit/muster/container/image"
@@ -40,25 +40,25 @@ var loopback = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
 
 // cluster is a CA with credentials for one agent and one client.
 type cluster struct {
-	ca            *CA
-	agent, client *Credentials
+	ca            *pki.CA
+	agent, client *pki.Credentials
 	serverLog     *logBuffer
 	networks      map[netdriver.Mode]netdriver.Driver // served by serve
 	balancers     *Balancers                          // served by serve
 	floating      *FloatingIPs                        // served by serve
 }
 
-func newCluster(t testing.TB, opts *CAOptions) *cluster {
+func newCluster(t testing.TB, opts *pki.CAOptions) *cluster {
 	t.Helper()
-	ca, err := NewCA("test-cluster", opts)
+	ca, err := pki.NewCA("test-cluster", opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, err := ca.Issue("agent0", loopback, time.Hour, UsageAgent)
+	agent, err := ca.Issue("agent0", loopback, time.Hour, pki.UsageAgent)
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := ca.Issue("cli", nil, time.Hour, UsageClient)
+	client, err := ca.Issue("cli", nil, time.Hour, pki.UsageClient)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,13 +160,11 @@ func TestMutualTLSRefusals(t *testing.T) {
 	}
 
 	other := newCluster(t, nil)
-	key := cl.client.Cert.PrivateKey.(crypto.Signer)
-	expiredLeaf, err := cl.ca.sign(key.Public(), "late", nil, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour), UsageAgent)
+	expired, err := cl.ca.IssueBetween("late", nil, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour), pki.UsageAgent)
 	if err != nil {
 		t.Fatal(err)
 	}
-	expired := newCredentials(expiredLeaf, cl.ca.cert, key)
-	serverOnly, err := cl.ca.Issue("server-only", nil, time.Hour, UsageServer)
+	serverOnly, err := cl.ca.Issue("server-only", nil, time.Hour, pki.UsageServer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +173,7 @@ func TestMutualTLSRefusals(t *testing.T) {
 		cert *tls.Certificate
 	}{
 		{"no certificate", nil},
-		{"another CA", &other.client.Cert},
+		{"another pki.CA", &other.client.Cert},
 		{"expired", &expired.Cert},
 		{"server usage only", &serverOnly.Cert},
 	} {
@@ -184,7 +182,7 @@ func TestMutualTLSRefusals(t *testing.T) {
 			if oe, ok := errors.AsType[*net.OpError](err); !ok || oe.Op != "remote error" {
 				t.Fatalf("TLS connection: got %v, want a TLS alert from the agent", err)
 			}
-			creds := &Credentials{CAPool: cl.client.CAPool}
+			creds := &pki.Credentials{CAPool: cl.client.CAPool}
 			if tt.cert != nil {
 				creds.Cert = *tt.cert
 			}
@@ -198,7 +196,7 @@ func TestMutualTLSRefusals(t *testing.T) {
 		t.Fatalf("the agent served %d calls to refused clients:\n%s", n, cl.serverLog)
 	}
 
-	t.Run("server from another CA", func(t *testing.T) {
+	t.Run("server from another pki.CA", func(t *testing.T) {
 		_, err := Dial(context.Background(), other.serve(t, memServer(t)), cl.client, nil)
 		if !errors.Is(err, errcode.PermissionDenied) {
 			t.Fatalf("Dial to an agent of another CA: got %v, want PermissionDenied", err)

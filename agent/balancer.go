@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sync/atomic"
 
+	"github.com/musterkit/muster/agent/internal/wire"
 	"github.com/musterkit/muster/errcode"
 	lbdriver "github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/names"
@@ -56,7 +57,7 @@ func (bs *Balancers) Routes(route func(string, http.HandlerFunc)) {
 	route("GET /v1/balancers", reply(func(r *http.Request) ([]Info, error) { return bs.List(), nil }))
 	route("PUT /v1/balancers/{name}/{kind}", reply(func(r *http.Request) (any, error) {
 		var cfg lbdriver.Config
-		if err := decodeBody(r, &cfg); err != nil {
+		if err := wire.DecodeBody(r, &cfg); err != nil {
 			return nil, err
 		}
 		return nil, bs.Deploy(r.Context(), r.PathValue("name"), r.PathValue("kind"), &cfg)
@@ -80,7 +81,7 @@ func (bs *Balancers) Routes(route func(string, http.HandlerFunc)) {
 	}))
 	route("POST /v1/balancers/{name}/pools/{pool}/servers", reply(func(r *http.Request) (any, error) {
 		var srv lbdriver.Server
-		if err := decodeBody(r, &srv); err != nil {
+		if err := wire.DecodeBody(r, &srv); err != nil {
 			return nil, err
 		}
 		return nil, bs.Do(r.Context(), r.PathValue("name"), func(d lbdriver.Driver) error {
@@ -94,7 +95,7 @@ func (bs *Balancers) Routes(route func(string, http.HandlerFunc)) {
 	}))
 	route("PUT /v1/balancers/{name}/pools/{pool}/servers/{server}/weight", reply(func(r *http.Request) (any, error) {
 		var weight int
-		if err := decodeBody(r, &weight); err != nil {
+		if err := wire.DecodeBody(r, &weight); err != nil {
 			return nil, err
 		}
 		return nil, bs.Do(r.Context(), r.PathValue("name"), func(d lbdriver.Driver) error {
@@ -103,7 +104,7 @@ func (bs *Balancers) Routes(route func(string, http.HandlerFunc)) {
 	}))
 	route("PUT /v1/balancers/{name}/pools/{pool}/servers/{server}/state", reply(func(r *http.Request) (any, error) {
 		var st lbdriver.AdminState
-		if err := decodeBody(r, &st); err != nil {
+		if err := wire.DecodeBody(r, &st); err != nil {
 			return nil, err
 		}
 		return nil, bs.Do(r.Context(), r.PathValue("name"), func(d lbdriver.Driver) error {

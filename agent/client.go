@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/musterkit/muster/agent/internal/wire"
+	"github.com/musterkit/muster/agent/pki"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
@@ -53,7 +55,7 @@ var (
 // what the agent's services offer (see Kinds), which checks that it
 // answers. The agent's certificate must chain to creds' CA. An
 // agent that cannot be reached is errcode.Unavailable. opts may be nil.
-func Dial(ctx context.Context, addr string, creds *Credentials, opts *ClientOptions) (*Client, error) {
+func Dial(ctx context.Context, addr string, creds *pki.Credentials, opts *ClientOptions) (*Client, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, errcode.New(errcode.InvalidArgument, "agent address %q: %w", addr, err)
@@ -295,7 +297,7 @@ func (c *Client) transfer(ctx context.Context, path string, req transferRequest,
 		}
 		switch {
 		case f.Error != nil:
-			if err := f.Error.err(); err != nil {
+			if err := f.Error.Err(); err != nil {
 				return nil, err
 			}
 			return nil, errcode.New(errcode.Internal, "agent %s: a transfer's error frame holds no error", c.addr)
@@ -352,7 +354,7 @@ func decode[T any](resp *http.Response, err error) (T, error) {
 		return v, err
 	}
 	defer resp.Body.Close()
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJSONBody)).Decode(&v); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, wire.MaxJSONBody)).Decode(&v); err != nil {
 		if errcode.Of(err) == errcode.Unknown && !isContextError(err) {
 			err = errcode.New(errcode.Internal, "malformed reply from the agent: %w", err)
 		}
@@ -400,7 +402,7 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, hdr http.He
 	resp.Body = &responseBody{ReadCloser: raw, c: c, ctx: ctx, stop: stop}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
-		return nil, responseError(resp)
+		return nil, wire.ResponseError(resp)
 	}
 	return resp, nil
 }
@@ -473,11 +475,11 @@ type streamBody struct{ resp *http.Response }
 func (s streamBody) Read(p []byte) (int, error) {
 	n, err := s.resp.Body.Read(p)
 	if err == io.EOF {
-		var st status
+		var st wire.Status
 		if headerJSON(s.resp.Trailer, statusHeader, &st) != nil {
 			return n, errcode.New(errcode.Unavailable, "the agent's stream ended without a status")
 		}
-		if serr := st.err(); serr != nil {
+		if serr := st.Err(); serr != nil {
 			return n, serr
 		}
 	}

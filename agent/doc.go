@@ -32,13 +32,7 @@
 // fails. The reply is newline-delimited JSON: {"bytes": N} progress
 // frames, then {"info": ...} or {"error": {"code", "message"}}.
 //
-// Joining: an Authority holds the cluster CA and makes one-time tokens,
-// "muster1.<secret>.<CA fingerprint>". A new server calls Join with a
-// token: it generates its key, talks only to a join server whose
-// certificate chains to the pinned CA, and sends a certificate request;
-// the Authority redeems the token (single use, expiring) and issues a
-// certificate usable as client and server. The private key never leaves
-// the server.
+// Joining and certificates are package agent/pki's.
 //
 // Privileges: the package itself needs none beyond a port to listen on;
 // the hosted driver needs its own (drivers/lxc: root). Whoever holds a

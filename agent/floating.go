@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"sync/atomic"
 
+	"github.com/musterkit/muster/agent/internal/wire"
 	"github.com/musterkit/muster/errcode"
 	hadriver "github.com/musterkit/muster/ha/driver"
 	"github.com/musterkit/muster/names"
@@ -56,7 +57,7 @@ func (fs *FloatingIPs) Routes(route func(string, http.HandlerFunc)) {
 	route("GET /v1/floating-ips", reply(func(r *http.Request) ([]Info, error) { return fs.List(), nil }))
 	route("PUT /v1/floating-ips/{name}/{kind}", reply(func(r *http.Request) (any, error) {
 		var cfg hadriver.Config
-		if err := decodeBody(r, &cfg); err != nil {
+		if err := wire.DecodeBody(r, &cfg); err != nil {
 			return nil, err
 		}
 		return nil, fs.Deploy(r.Context(), r.PathValue("name"), r.PathValue("kind"), &cfg)
@@ -81,7 +82,7 @@ func (fs *FloatingIPs) Routes(route func(string, http.HandlerFunc)) {
 			events, err = d.Watch(r.Context())
 		}
 		if err != nil {
-			writeError(w, err)
+			wire.WriteError(w, err)
 			return
 		}
 		rc := http.NewResponseController(w)

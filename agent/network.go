@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 
+	"github.com/musterkit/muster/agent/internal/wire"
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/names"
 	netdriver "github.com/musterkit/muster/network/driver"
@@ -48,7 +49,7 @@ func (nets networkService) Routes(route func(string, http.HandlerFunc)) {
 			return nil, err
 		}
 		var spec netdriver.Spec
-		if err := decodeBody(r, &spec); err != nil {
+		if err := wire.DecodeBody(r, &spec); err != nil {
 			return nil, err
 		}
 		if spec.ID != r.PathValue("id") {
@@ -72,7 +73,7 @@ func (nets networkService) Routes(route func(string, http.HandlerFunc)) {
 			return nil, err
 		}
 		var peers []netdriver.Peer
-		if err := decodeBody(r, &peers); err != nil {
+		if err := wire.DecodeBody(r, &peers); err != nil {
 			return nil, err
 		}
 		return nil, d.SetPeers(r.Context(), r.PathValue("id"), peers)
@@ -155,7 +156,7 @@ func (s preflightService) Routes(route func(string, http.HandlerFunc)) {
 	p := s.p
 	route("POST /v1/preflight/responders", reply(func(r *http.Request) (*preflight.Responder, error) {
 		var req preflight.RespondRequest
-		if err := decodeBody(r, &req); err != nil {
+		if err := wire.DecodeBody(r, &req); err != nil {
 			return nil, err
 		}
 		return p.Respond(r.Context(), &req)
@@ -165,7 +166,7 @@ func (s preflightService) Routes(route func(string, http.HandlerFunc)) {
 	}))
 	route("POST /v1/preflight/probes", reply(func(r *http.Request) (*preflight.ProbeResult, error) {
 		var req preflight.ProbeRequest
-		if err := decodeBody(r, &req); err != nil {
+		if err := wire.DecodeBody(r, &req); err != nil {
 			return nil, err
 		}
 		return p.Probe(r.Context(), &req)

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/musterkit/muster/agent/internal/wire"
+	"github.com/musterkit/muster/agent/pki"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
@@ -41,7 +43,7 @@ type ServerOptions struct {
 
 // Server serves a driver to the cluster's agents and clients.
 type Server struct {
-	creds    *Credentials
+	creds    *pki.Credentials
 	log      *slog.Logger
 	shutdown time.Duration
 	handler  http.Handler
@@ -53,7 +55,7 @@ type Server struct {
 // errcode.Unimplemented otherwise. A d with driver.Transferer is also
 // served as a driver.Pusher and driver.Puller: the Server then dials the
 // other agent with creds, which therefore need UsageAgent. opts may be nil.
-func NewServer(creds *Credentials, d driver.Driver, opts *ServerOptions) *Server {
+func NewServer(creds *pki.Credentials, d driver.Driver, opts *ServerOptions) *Server {
 	s := &Server{creds: creds, log: slog.New(slog.DiscardHandler), shutdown: 10 * time.Second}
 	if opts != nil {
 		if opts.Logger != nil {
@@ -171,13 +173,13 @@ func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 	caps := &capabilityDocument{services: services}
 	route("GET /v1/capabilities", reply(func(r *http.Request) (map[string]map[string]any, error) { return caps.get(r.Context()) }))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errcode.New(errcode.Unimplemented, "the agent's driver does not implement %s %s", r.Method, r.URL.Path))
+		wire.WriteError(w, errcode.New(errcode.Unimplemented, "the agent's driver does not implement %s %s", r.Method, r.URL.Path))
 	})
 
 	route("GET /v1/ping", reply(func(r *http.Request) (any, error) { return struct{}{}, nil }))
 	route("POST /v1/containers", reply(func(r *http.Request) (*driver.Info, error) {
 		var spec driver.Spec
-		if err := decodeBody(r, &spec); err != nil {
+		if err := wire.DecodeBody(r, &spec); err != nil {
 			return nil, err
 		}
 		if err := spec.Validate(); err != nil {
@@ -197,7 +199,7 @@ func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 	}))
 	route("POST /v1/containers/{name}/stop", reply(func(r *http.Request) (any, error) {
 		var req stopRequest
-		if err := decodeBody(r, &req); err != nil {
+		if err := wire.DecodeBody(r, &req); err != nil {
 			return nil, err
 		}
 		return nil, d.Stop(r.Context(), r.PathValue("name"), req.Timeout)
@@ -267,12 +269,12 @@ func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 		route("GET /v1/images/{ref}/blob", func(w http.ResponseWriter, r *http.Request) {
 			m, blob, err := im.OpenImage(r.Context(), r.PathValue("ref"))
 			if err != nil {
-				writeError(w, err)
+				wire.WriteError(w, err)
 				return
 			}
 			defer blob.Close()
 			if err := setHeaderJSON(w.Header(), manifestHeader, m); err != nil {
-				writeError(w, err)
+				wire.WriteError(w, err)
 				return
 			}
 			streamResponse(w, func(w io.Writer) error { _, err := io.Copy(w, blob); return err })
@@ -301,17 +303,17 @@ type stopRequest struct {
 // ordinary error replies; then the reply streams transferFrames.
 func (s *Server) serveTransfer(w http.ResponseWriter, r *http.Request, pipe func(ctx context.Context, peer *Client, rename string, progress func(int64)) (*driver.Info, error)) {
 	var req transferRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	if err := wire.DecodeBody(r, &req); err != nil {
+		wire.WriteError(w, err)
 		return
 	}
 	if err := req.validate(); err != nil {
-		writeError(w, err)
+		wire.WriteError(w, err)
 		return
 	}
 	peer, err := Dial(r.Context(), req.Peer, s.creds, nil)
 	if err != nil {
-		writeError(w, fmt.Errorf("peer: %w", err))
+		wire.WriteError(w, fmt.Errorf("peer: %w", err))
 		return
 	}
 	defer peer.Close()
@@ -326,7 +328,7 @@ func (s *Server) serveTransfer(w http.ResponseWriter, r *http.Request, pipe func
 	}
 	info, err := pipe(r.Context(), peer, req.Rename, func(n int64) { send(transferFrame{Bytes: n}) })
 	if err != nil {
-		st := statusOf(err)
+		st := wire.StatusOf(err)
 		send(transferFrame{Error: &st})
 		return
 	}
@@ -379,7 +381,7 @@ func validated(h http.HandlerFunc) http.HandlerFunc {
 				valid = driver.ValidImageRef
 			}
 			if err := valid(r.PathValue(key)); err != nil {
-				writeError(w, errcode.New(errcode.InvalidArgument, "%s: %w", key, err))
+				wire.WriteError(w, errcode.New(errcode.InvalidArgument, "%s: %w", key, err))
 				return
 			}
 		}
@@ -392,10 +394,10 @@ func reply[T any](f func(r *http.Request) (T, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		v, err := f(r)
 		if err != nil {
-			writeError(w, err)
+			wire.WriteError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, v)
+		wire.WriteJSON(w, http.StatusOK, v)
 	}
 }
 
@@ -407,10 +409,10 @@ func streamResponse(w http.ResponseWriter, produce func(io.Writer) error) {
 	sw := &startWriter{w: w}
 	err := produce(sw)
 	if err != nil && !sw.started {
-		writeError(w, err)
+		wire.WriteError(w, err)
 		return
 	}
-	setHeaderJSON(w.Header(), http.TrailerPrefix+statusHeader, statusOf(err))
+	setHeaderJSON(w.Header(), http.TrailerPrefix+statusHeader, wire.StatusOf(err))
 	sw.start()
 }
 
@@ -453,11 +455,11 @@ func (s requestStream) Read(p []byte) (int, error) {
 func serveExec(w http.ResponseWriter, r *http.Request, d driver.Driver) {
 	var p driver.Process
 	if err := headerJSON(r.Header, processHeader, &p); err != nil {
-		writeError(w, err)
+		wire.WriteError(w, err)
 		return
 	}
 	if len(p.Args) == 0 || p.Args[0] == "" {
-		writeError(w, errcode.New(errcode.InvalidArgument, "exec: no program given"))
+		wire.WriteError(w, errcode.New(errcode.InvalidArgument, "exec: no program given"))
 		return
 	}
 	rc := http.NewResponseController(w)

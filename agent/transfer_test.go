@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/musterkit/muster/agent/pki"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/errcode"
@@ -250,14 +251,14 @@ func TestTransferRefusesForeignAgents(t *testing.T) {
 	src := cl.dial(t, cl.serve(t, srcDriver))
 
 	other := newCluster(t, nil)
-	rogueCert, err := other.ca.Issue("rogue", loopback, time.Hour, UsageAgent)
+	rogueCert, err := other.ca.Issue("rogue", loopback, time.Hour, pki.UsageAgent)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rogueDriver := memServer(t)
 	rogue := &cluster{
-		agent:     &Credentials{Cert: rogueCert.Cert, CAPool: cl.agent.CAPool},
-		client:    &Credentials{Cert: cl.client.Cert, CAPool: rogueCert.CAPool},
+		agent:     &pki.Credentials{Cert: rogueCert.Cert, CAPool: cl.agent.CAPool},
+		client:    &pki.Credentials{Cert: cl.client.Cert, CAPool: rogueCert.CAPool},
 		serverLog: &logBuffer{},
 	}
 	rogueClient := rogue.dial(t, rogue.serve(t, rogueDriver))
@@ -269,7 +270,7 @@ func TestTransferRefusesForeignAgents(t *testing.T) {
 	// finished its handshake, so the client sees an alert or a closed
 	// connection, whichever comes first: the code is not checked.
 	if _, err := rogueClient.Pull(ctx, src.Endpoint(), "mover", "", nil); err == nil {
-		t.Error("pull by an agent of another CA succeeded")
+		t.Error("pull by an agent of another pki.CA succeeded")
 	}
 	if strings.Contains(cl.serverLog.String(), "peer=rogue") {
 		t.Errorf("the cluster's agent served the rogue agent:\n%s", cl.serverLog)

@@ -5,13 +5,13 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 
+	"github.com/musterkit/muster/agent/internal/wire"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/errcode"
 )
@@ -39,103 +39,7 @@ type transferRequest struct {
 type transferFrame struct {
 	Bytes int64        `json:"bytes,omitempty"`
 	Info  *driver.Info `json:"info,omitempty"`
-	Error *status      `json:"error,omitempty"`
-}
-
-// maxJSONBody bounds a JSON request or reply body.
-const maxJSONBody = 8 << 20
-
-// codeOK is the status code of a success.
-const codeOK = "ok"
-
-// status is how an outcome travels: the body of an error response, the
-// trailer of a streamed response and the last frame of an exec.
-type status struct {
-	// Code is codeOK or an errcode name such as "not found".
-	Code     string `json:"code"`
-	Message  string `json:"message,omitempty"`
-	ExitCode int    `json:"exitCode,omitempty"`
-}
-
-func statusOf(err error) status {
-	if err == nil {
-		return status{Code: codeOK}
-	}
-	return status{Code: errcode.Of(err).String(), Message: err.Error()}
-}
-
-// err rebuilds the error that s describes, with its errcode; nil for a success.
-func (s status) err() error {
-	if s.Code == codeOK {
-		return nil
-	}
-	return errcode.New(codeNamed(s.Code), "%s", s.Message)
-}
-
-// codeNamed returns the errcode whose String is name, or errcode.Unknown.
-// It tries the codes in order up to the first without a name, so codes
-// added to package errcode later travel too.
-func codeNamed(name string) errcode.Code {
-	for c := errcode.Unknown; c.String() != fmt.Sprintf("code(%d)", int(c)); c++ {
-		if c.String() == name {
-			return c
-		}
-	}
-	return errcode.Unknown
-}
-
-var httpStatuses = map[errcode.Code]int{
-	errcode.NotFound:           http.StatusNotFound,
-	errcode.AlreadyExists:      http.StatusConflict,
-	errcode.InvalidArgument:    http.StatusBadRequest,
-	errcode.FailedPrecondition: http.StatusPreconditionFailed,
-	errcode.Unavailable:        http.StatusServiceUnavailable,
-	errcode.Unimplemented:      http.StatusNotImplemented,
-	errcode.PermissionDenied:   http.StatusForbidden,
-}
-
-func httpStatus(c errcode.Code) int {
-	if s, ok := httpStatuses[c]; ok {
-		return s
-	}
-	return http.StatusInternalServerError
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, err error) {
-	writeJSON(w, httpStatus(errcode.Of(err)), statusOf(err))
-}
-
-// decodeBody reads a JSON request body into v.
-func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxJSONBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return errcode.New(errcode.InvalidArgument, "request body: %w", err)
-	}
-	return nil
-}
-
-// responseError returns the error an unsuccessful response carries. A body
-// that is no status (from a proxy, or a server too old to know the route)
-// gets the code its HTTP status suggests.
-func responseError(resp *http.Response) error {
-	var s status
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJSONBody)).Decode(&s); err == nil && s.Code != "" && s.Code != codeOK {
-		return s.err()
-	}
-	code := errcode.Unknown
-	for c, hs := range httpStatuses {
-		if hs == resp.StatusCode {
-			code = c
-		}
-	}
-	return errcode.New(code, "agent replied %s", resp.Status)
+	Error *wire.Status `json:"error,omitempty"`
 }
 
 func setHeaderJSON(h http.Header, key string, v any) error {
@@ -201,7 +105,7 @@ func (f *frameWriter) frame(id byte, payload []byte, last bool) error {
 
 // finish writes the status frame; later writes fail.
 func (f *frameWriter) finish(exitCode int, err error) {
-	s := statusOf(err)
+	s := wire.StatusOf(err)
 	s.ExitCode = exitCode
 	data, _ := json.Marshal(s)
 	f.frame(frameStatus, data, true)
@@ -249,11 +153,11 @@ func readFrames(r io.Reader, stdout, stderr io.Writer) (int, error) {
 				return -1, err
 			}
 		case frameStatus:
-			var s status
+			var s wire.Status
 			if err := json.NewDecoder(payload).Decode(&s); err != nil {
 				return -1, errcode.New(errcode.Internal, "exec status frame: %w", err)
 			}
-			if err := s.err(); err != nil {
+			if err := s.Err(); err != nil {
 				return -1, err
 			}
 			return s.ExitCode, nil

@@ -1,4 +1,4 @@
-package agent
+package pki
 
 import (
 	"bytes"
@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/musterkit/muster/agent/internal/wire"
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/names"
 )
@@ -204,23 +205,23 @@ type joinReply struct {
 func (a *Authority) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
-			writeError(w, errcode.New(errcode.InvalidArgument, "join with POST, not %s", r.Method))
+			wire.WriteError(w, errcode.New(errcode.InvalidArgument, "join with POST, not %s", r.Method))
 			return
 		}
 		var req joinRequest
-		if err := decodeBody(r, &req); err != nil {
-			writeError(w, err)
+		if err := wire.DecodeBody(r, &req); err != nil {
+			wire.WriteError(w, err)
 			return
 		}
 		leaf, err := a.join(&req)
 		if err != nil {
 			a.log.Warn("join refused", "remote", r.RemoteAddr, "err", err)
-			writeError(w, err)
+			wire.WriteError(w, err)
 			return
 		}
 		a.log.Info("join: certificate issued", "remote", r.RemoteAddr, "name", leaf.Subject.CommonName,
 			"ips", leaf.IPAddresses, "serial", leaf.SerialNumber, "expires", leaf.NotAfter)
-		writeJSON(w, http.StatusOK, joinReply{Certificate: leaf.Raw, CA: a.ca.cert.Raw})
+		wire.WriteJSON(w, http.StatusOK, joinReply{Certificate: leaf.Raw, CA: a.ca.cert.Raw})
 	})
 }
 
@@ -328,10 +329,10 @@ func Join(ctx context.Context, joinURL, token, name string, ips []netip.Addr) (*
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, responseError(resp)
+		return nil, wire.ResponseError(resp)
 	}
 	var reply joinReply
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJSONBody)).Decode(&reply); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, wire.MaxJSONBody)).Decode(&reply); err != nil {
 		return nil, errcode.New(errcode.Unavailable, "join %s: reading the reply: %w", joinURL, err)
 	}
 	leaf, ca, err := checkIssued(&reply, pin, name, key.Public())

@@ -1,4 +1,4 @@
-package agent
+package pki
 
 import (
 	"crypto"
@@ -154,12 +154,19 @@ func (ca *CA) Issue(name string, ips []netip.Addr, ttl time.Duration, usage Usag
 	if ttl <= 0 {
 		return nil, errcode.New(errcode.InvalidArgument, "certificate for %q: ttl must be positive", name)
 	}
+	now := time.Now()
+	return ca.IssueBetween(name, ips, now.Add(-clockSkew), now.Add(ttl), usage)
+}
+
+// IssueBetween is Issue with the certificate valid from notBefore to
+// notAfter (at most until the CA expires): for certificates made ahead of
+// a rotation, or already expired ones in tests.
+func (ca *CA) IssueBetween(name string, ips []netip.Addr, notBefore, notAfter time.Time, usage Usage) (*Credentials, error) {
 	key, err := newKey(keyAlgorithm(ca.key))
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	leaf, err := ca.sign(key.Public(), name, ips, now.Add(-clockSkew), now.Add(ttl), usage)
+	leaf, err := ca.sign(key.Public(), name, ips, notBefore, notAfter, usage)
 	if err != nil {
 		return nil, err
 	}

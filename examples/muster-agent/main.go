@@ -41,6 +41,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/musterkit/muster/agent"
+	"github.com/musterkit/muster/agent/pki"
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/discovery"
@@ -173,8 +174,8 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 
 // credentials loads the agent's credentials from dir or, on the first
 // start, joins the cluster and saves them there.
-func credentials(ctx context.Context, log *slog.Logger, dir, joinURL, token, name string, ips []netip.Addr) (*agent.Credentials, error) {
-	creds, err := agent.LoadCredentials(dir)
+func credentials(ctx context.Context, log *slog.Logger, dir, joinURL, token, name string, ips []netip.Addr) (*pki.Credentials, error) {
+	creds, err := pki.LoadCredentials(dir)
 	if err == nil {
 		if joinURL != "" || token != "" {
 			log.Info("already joined; ignoring --join and --token", "credentials", dir)
@@ -187,7 +188,7 @@ func credentials(ctx context.Context, log *slog.Logger, dir, joinURL, token, nam
 	if joinURL == "" || token == "" || name == "" {
 		return nil, fmt.Errorf("no credentials in %s: the first start needs --join, --token and --name", dir)
 	}
-	creds, err = agent.Join(ctx, joinURL, token, name, ips)
+	creds, err = pki.Join(ctx, joinURL, token, name, ips)
 	if err != nil {
 		return nil, err
 	}
@@ -343,7 +344,7 @@ func caCmd() *cobra.Command {
 					return fmt.Errorf("%s: a CA or agent credentials may live there (%v); not overwriting", filepath.Join(dir, f), err)
 				}
 			}
-			c, err := agent.NewCA(name, &agent.CAOptions{Algorithm: agent.KeyAlgorithm(alg)})
+			c, err := pki.NewCA(name, &pki.CAOptions{Algorithm: pki.KeyAlgorithm(alg)})
 			if err != nil {
 				return err
 			}
@@ -356,7 +357,7 @@ func caCmd() *cobra.Command {
 	}
 	initCmd.Flags().StringVar(&dir, "dir", "", "directory for the CA certificate and key")
 	initCmd.Flags().StringVar(&name, "name", "muster", "the CA's name")
-	initCmd.Flags().StringVar(&alg, "algorithm", string(agent.ECDSAP256), "key algorithm: ecdsa-p256 or ed25519")
+	initCmd.Flags().StringVar(&alg, "algorithm", string(pki.ECDSAP256), "key algorithm: ecdsa-p256 or ed25519")
 	initCmd.MarkFlagRequired("dir")
 	ca.AddCommand(initCmd)
 	return ca
@@ -370,11 +371,11 @@ func tokenCmd() *cobra.Command {
 		Short: "Print a one-time join token of the CA in --dir",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ca, err := agent.LoadCA(dir)
+			ca, err := pki.LoadCA(dir)
 			if err != nil {
 				return err
 			}
-			token, err := agent.NewAuthority(ca, &agent.AuthorityOptions{Dir: dir}).NewToken(ttl)
+			token, err := pki.NewAuthority(ca, &pki.AuthorityOptions{Dir: dir}).NewToken(ttl)
 			if err != nil {
 				return err
 			}
@@ -397,7 +398,7 @@ func joinServerCmd(logger func() *slog.Logger) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, log := cmd.Context(), logger()
-			ca, err := agent.LoadCA(dir)
+			ca, err := pki.LoadCA(dir)
 			if err != nil {
 				return err
 			}
@@ -407,7 +408,7 @@ func joinServerCmd(logger func() *slog.Logger) *cobra.Command {
 			}
 			// Joining servers check this certificate against the CA their
 			// token pins, not against a name.
-			creds, err := ca.Issue(name, addrs, 365*24*time.Hour, agent.UsageServer)
+			creds, err := ca.Issue(name, addrs, 365*24*time.Hour, pki.UsageServer)
 			if err != nil {
 				return err
 			}
@@ -415,7 +416,7 @@ func joinServerCmd(logger func() *slog.Logger) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			a := agent.NewAuthority(ca, &agent.AuthorityOptions{Dir: dir, Logger: log})
+			a := pki.NewAuthority(ca, &pki.AuthorityOptions{Dir: dir, Logger: log})
 			err = a.Serve(ctx, l, creds)
 			log.Info("stopped")
 			return err

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/agent"
+	"github.com/musterkit/muster/agent/pki"
 )
 
 // run runs muster-agent with args and returns its output.
@@ -75,7 +76,7 @@ func waitListening(t *testing.T, addr string) {
 }
 
 // dial retries until the agent at addr answers.
-func dial(t *testing.T, addr string, creds *agent.Credentials) *agent.Client {
+func dial(t *testing.T, addr string, creds *pki.Credentials) *agent.Client {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		c, err := agent.Dial(context.Background(), addr, creds, nil)
@@ -110,11 +111,11 @@ func TestJoinServeRestart(t *testing.T) {
 	stopAgent := start(t, "serve", "--dir", stateDir, "--listen", agentAddr, "--name", "node1",
 		"--driver", "memory", "--join", "https://"+joinAddr, "--token", token)
 
-	ca, err := agent.LoadCA(caDir)
+	ca, err := pki.LoadCA(caDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin, err := ca.Issue("admin", nil, time.Hour, agent.UsageClient)
+	admin, err := ca.Issue("admin", nil, time.Hour, pki.UsageClient)
 	if err != nil {
 		t.Fatal(err)
 	}

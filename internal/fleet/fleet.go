@@ -25,6 +25,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/musterkit/muster/agent"
+	"github.com/musterkit/muster/agent/pki"
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/drivers/lxc"
 	"github.com/musterkit/muster/internal/orphan"
@@ -63,7 +64,7 @@ type Fleet struct {
 
 	dir   string
 	opts  Options
-	creds *agent.Credentials // the orchestrator's client credentials
+	creds *pki.Credentials   // the orchestrator's client credentials
 	stop  context.CancelFunc // stops the join server
 	done  chan error
 }
@@ -112,14 +113,14 @@ func Start(ctx context.Context, n int, opts Options) (f *Fleet, err error) {
 	if f.Hosts, err = testhost.Build(ctx, n, nil); err != nil {
 		return f, err
 	}
-	ca, err := agent.NewCA("muster-fleet", nil)
+	ca, err := pki.NewCA("muster-fleet", nil)
 	if err != nil {
 		return f, err
 	}
-	if f.creds, err = ca.Issue("orchestrator", nil, 24*time.Hour, agent.UsageClient); err != nil {
+	if f.creds, err = ca.Issue("orchestrator", nil, 24*time.Hour, pki.UsageClient); err != nil {
 		return f, err
 	}
-	joinCreds, err := ca.Issue("join", []netip.Addr{f.Hosts.RootAddr}, 24*time.Hour, agent.UsageServer)
+	joinCreds, err := ca.Issue("join", []netip.Addr{f.Hosts.RootAddr}, 24*time.Hour, pki.UsageServer)
 	if err != nil {
 		return f, err
 	}
@@ -127,7 +128,7 @@ func Start(ctx context.Context, n int, opts Options) (f *Fleet, err error) {
 	if err != nil {
 		return f, err
 	}
-	authority := agent.NewAuthority(ca, nil)
+	authority := pki.NewAuthority(ca, nil)
 	jctx, stop := context.WithCancel(context.Background())
 	f.stop = stop
 	go func() { f.done <- authority.Serve(jctx, l, joinCreds) }()
