@@ -435,6 +435,9 @@ type importResult struct {
 func (w *watchedImport) Import(ctx context.Context, r io.Reader, rename string) (*driver.Info, error) {
 	s := &watchedStream{r: r, reading: w.reading}
 	info, err := w.Driver.Import(ctx, s, rename)
+	// The driver may stop at its context's end before the stream's: read
+	// on to see how the stream itself ends.
+	io.Copy(io.Discard, s)
 	w.done <- importResult{s.err, err}
 	return info, err
 }
