@@ -2,7 +2,6 @@ package dnsfront_test
 
 import (
 	"context"
-	"net"
 	"slices"
 	"testing"
 	"time"
@@ -12,16 +11,15 @@ import (
 	"github.com/musterkit/muster/discovery/dnsfront"
 	"github.com/musterkit/muster/discovery/driver"
 	"github.com/musterkit/muster/discovery/memdiscovery"
+	"github.com/musterkit/muster/internal/freeport"
 )
 
 // serve starts a front of reg on loopback and returns its address.
 func serve(t testing.TB, reg driver.Driver) string {
 	t.Helper()
-	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcp, err := net.Listen("tcp", udp.LocalAddr().String())
+	// One port for both, found by binding both (a UDP port picked free
+	// could have its TCP half taken).
+	tcp, udp, err := freeport.ListenTCPUDP("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package consul
 
 import (
 	"context"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +9,7 @@ import (
 	"github.com/musterkit/muster/discovery/driver"
 	"github.com/musterkit/muster/discovery/drivertest"
 	"github.com/musterkit/muster/internal/consultest"
+	"github.com/musterkit/muster/internal/freeport"
 )
 
 // startDevAgent runs a Consul dev agent on loopback until the test ends
@@ -35,12 +35,9 @@ func TestOpenRefuses(t *testing.T) {
 	if _, err := Open(context.Background(), &Options{Address: "no port"}); err == nil || !strings.Contains(err.Error(), "address") {
 		t.Fatalf("bad address: %v", err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	// A port the test keeps, where nothing listens: a freed one could be
+	// taken meanwhile by an agent a test running in parallel starts.
+	addr := freeport.Reserve(t, "127.0.0.1").Addr()
 	if _, err := Open(context.Background(), &Options{Address: addr}); err == nil {
 		t.Fatal("Open with no agent listening succeeded")
 	}

@@ -61,6 +61,29 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestTakenPort: a frontend's port taken between its pick and the start is
+// found by the driver's bind check, and, with that check told every bind
+// works, by HAProxy itself; either way the config is applied again on
+// another port.
+func TestTakenPort(t *testing.T) {
+	roottest.Require(t, roottest.BinaryFrom("haproxy", "haproxy"))
+	t.Run("bind check", func(t *testing.T) {
+		drivertest.RunTakenPortTest(t, func(t *testing.T) driver.Driver { return open(t) })
+	})
+	t.Run("HAProxy's bind", func(t *testing.T) {
+		drivertest.RunTakenPortTest(t, func(t *testing.T) driver.Driver {
+			d, err := haproxy.Open(t.Context(), filepath.Join(shortDir(t), "lb"), &haproxy.Options{
+				Listen: func(string, string) (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { d.Close() })
+			return d
+		})
+	})
+}
+
 func TestTraffic(t *testing.T) {
 	roottest.Require(t, roottest.BinaryFrom("haproxy", "haproxy"))
 	drivertest.RunTrafficTests(t, drivertest.TrafficHarness{
@@ -101,17 +124,18 @@ func TestDirWithSpaceServes(t *testing.T) {
 	}
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "a.example.test"}}}
 	defer c.CloseIdleConnections()
-	url := fmt.Sprintf("https://%s:%d/", addr, port)
+	// The frontend's address, once applied: another if that was taken meanwhile.
+	url := func() string { return fmt.Sprintf("https://%s:%d/", cfg.Frontends[0].Address, cfg.Frontends[0].Port) }
 	for _, change := range []func() error{
-		func() error { return d.Apply(t.Context(), cfg) },
+		func() error { return drivertest.ApplyRebinding(t.Context(), t, d, cfg, drivertest.LoopbackBind) },
 		func() error { return d.SetWeight(t.Context(), "web", "a", 3) },                                     // runtime API (stats socket)
 		func() error { cfg.Pools[0].Algorithm = driver.LeastConnections; return d.Apply(t.Context(), cfg) }, // reload (master socket)
 	} {
 		if err := change(); err != nil {
 			t.Fatal(err)
 		}
-		if body, err := drivertest.Get(c, url); err != nil || body != "ok" {
-			t.Fatalf("GET %s = %q, %v", url, body, err)
+		if body, err := drivertest.Get(c, url()); err != nil || body != "ok" {
+			t.Fatalf("GET %s = %q, %v", url(), body, err)
 		}
 	}
 	if d.Reloads() != 2 {
@@ -139,9 +163,10 @@ func TestReloadFailureDetected(t *testing.T) {
 		Pools:     []driver.Pool{{Name: "web", Servers: []driver.Server{{Name: "a", Address: "127.0.0.1", Port: uint16(bport)}}}},
 		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: addr, Port: port, DefaultPool: "web"}},
 	}
-	if err := d.Apply(t.Context(), cfg); err != nil {
+	if err := drivertest.ApplyRebinding(t.Context(), t, d, cfg, drivertest.LoopbackBind); err != nil {
 		t.Fatal(err)
 	}
+	addr, port = cfg.Frontends[0].Address, cfg.Frontends[0].Port // others if those were taken meanwhile
 	url := fmt.Sprintf("http://%s:%d/", addr, port)
 	bad := cfg.Normalized()
 	bad.Frontends = append(bad.Frontends, driver.Frontend{Name: "nowhere", Protocol: driver.HTTP, Address: "192.0.2.1", Port: port, DefaultPool: "web"})

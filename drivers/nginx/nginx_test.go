@@ -45,6 +45,14 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestTakenPort: a frontend's port taken between its pick and the start
+// makes Nginx's start fail naming it (nginx -t lets an address in use
+// pass); the config is applied again on another port.
+func TestTakenPort(t *testing.T) {
+	roottest.Require(t, roottest.BinaryFrom("nginx", "nginx-light"))
+	drivertest.RunTakenPortTest(t, func(t *testing.T) driver.Driver { return open(t) })
+}
+
 func TestTraffic(t *testing.T) {
 	roottest.Require(t, roottest.BinaryFrom("nginx", "nginx-light"))
 	drivertest.RunTrafficTests(t, drivertest.TrafficHarness{
@@ -100,14 +108,15 @@ func TestDirWithSpaceServes(t *testing.T) {
 	}
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "a.example.test"}}}
 	defer c.CloseIdleConnections()
-	url := fmt.Sprintf("https://%s:%d/", addr, port)
+	// The frontend's address, once applied: another if that was taken meanwhile.
+	url := func() string { return fmt.Sprintf("https://%s:%d/", cfg.Frontends[0].Address, cfg.Frontends[0].Port) }
 	for _, weight := range []int{1, 3} { // a start, then a reload
 		cfg.Pools[0].Servers[0].Weight = weight
-		if err := d.Apply(t.Context(), cfg); err != nil {
+		if err := drivertest.ApplyRebinding(t.Context(), t, d, cfg, drivertest.LoopbackBind); err != nil {
 			t.Fatal(err)
 		}
-		if body, err := drivertest.Get(c, url); err != nil || body != "ok" {
-			t.Fatalf("GET %s = %q, %v", url, body, err)
+		if body, err := drivertest.Get(c, url()); err != nil || body != "ok" {
+			t.Fatalf("GET %s = %q, %v", url(), body, err)
 		}
 	}
 	if d.Reloads() != 2 {
@@ -142,9 +151,10 @@ func TestReloadFailureDetected(t *testing.T) {
 		Pools:     []driver.Pool{{Name: "web", Servers: []driver.Server{{Name: "a", Address: "127.0.0.1", Port: uint16(bport)}}}},
 		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: addr, Port: port, DefaultPool: "web"}},
 	}
-	if err := d.Apply(t.Context(), cfg); err != nil {
+	if err := drivertest.ApplyRebinding(t.Context(), t, d, cfg, drivertest.LoopbackBind); err != nil {
 		t.Fatal(err)
 	}
+	addr, port = cfg.Frontends[0].Address, cfg.Frontends[0].Port // others if those were taken meanwhile
 	url := fmt.Sprintf("http://%s:%d/", addr, port)
 	get := func() error {
 		resp, err := http.Get(url)

@@ -7,7 +7,11 @@ package consultest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os/exec"
@@ -16,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/musterkit/muster/internal/freeport"
 	"github.com/musterkit/muster/roottest"
 )
 
@@ -43,59 +48,53 @@ func (l *Log) String() string {
 	return l.b.String()
 }
 
-// freePorts returns n TCP ports of ip that nothing listened on a moment
-// ago.
-func freePorts(t testing.TB, ip string, n int) []int {
-	t.Helper()
-	var ports []int
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
-
 // StartDev runs `consul agent -dev` whose HTTP API listens on ip (an
 // address of the calling process's namespace, "127.0.0.1" for loopback)
 // until the test ends, waits until it has a leader, and returns the API's
-// host:port. The agent is killed with the test process if that dies. An
-// agent that exits at start (a port chosen free was taken meanwhile by
-// another test) is started again on other ports, up to three times.
+// host:port. The agent is killed with the test process if that dies. A
+// port picked free for it can be taken by a test running in parallel
+// before the agent binds it: an agent that exits at start saying one of
+// its addresses is in use is started again on other ports
+// (freeport.Retry); any other failure fails t at once, with the agent's
+// log.
 func StartDev(t testing.TB, ip string) string {
 	t.Helper()
 	Require(t)
-	for attempt := 1; ; attempt++ {
-		addr, log, ok := startDev(t, ip)
-		if ok {
-			return addr
-		}
-		if attempt == 3 {
-			t.Fatalf("consul at %s did not come up:\n%s", addr, log.String())
-		}
+	addr, err := startDev(t, ip, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return addr
 }
 
-// startDev makes one attempt of StartDev: it reports false if the agent
-// exited before it had a leader.
-func startDev(t testing.TB, ip string) (string, *Log, bool) {
-	p := freePorts(t, ip, 4)
+// startDev is StartDev with the ports p picks.
+func startDev(t testing.TB, ip string, p *freeport.Picker) (string, error) {
+	var addr string
+	err := freeport.Retry(t, func() error {
+		var err error
+		addr, err = startDevOnce(t, ip, p)
+		return err
+	})
+	return addr, err
+}
+
+// startDevOnce makes one start of StartDev. The agent binds six sockets:
+// TCP for the HTTP API and the server RPC, TCP and UDP for Serf LAN and
+// WAN (DNS and gRPC are off); every port is picked free for both.
+func startDevOnce(t testing.TB, ip string, p *freeport.Picker) (string, error) {
+	ports := p.Pick(t, "tcp+udp", ip, 4)
+	var id [4]byte
+	rand.Read(id[:])
+	node := "dev-" + hex.EncodeToString(id[:])
 	cmd := exec.Command("consul", "agent", "-dev", "-bind", ip, "-client", ip,
-		"-node", fmt.Sprintf("dev%d", p[0]), "-http-port", fmt.Sprint(p[0]), "-dns-port", "-1", "-grpc-port", "-1",
-		"-serf-lan-port", fmt.Sprint(p[1]), "-serf-wan-port", fmt.Sprint(p[2]), "-server-port", fmt.Sprint(p[3]))
+		"-node", node, "-http-port", fmt.Sprint(ports[0]), "-dns-port", "-1", "-grpc-port", "-1",
+		"-serf-lan-port", fmt.Sprint(ports[1]), "-serf-wan-port", fmt.Sprint(ports[2]), "-server-port", fmt.Sprint(ports[3]))
 	log := &Log{}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	addr := net.JoinHostPort(ip, fmt.Sprint(p[0]))
+	addr := net.JoinHostPort(ip, fmt.Sprint(ports[0]))
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return addr, err
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
@@ -112,33 +111,51 @@ func startDev(t testing.TB, ip string) (string, *Log, bool) {
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		select {
 		case <-exited:
-			return addr, log, false
+			for _, port := range ports {
+				if a := net.JoinHostPort(ip, fmt.Sprint(port)); freeport.Taken(log.String(), a) {
+					return addr, fmt.Errorf("%w: consul exited at start: %s in use", freeport.ErrInUse, a)
+				}
+			}
+			return addr, fmt.Errorf("consul at %s exited at start:\n%s", addr, log.String())
 		default:
 		}
-		if leaderKnown(context.Background(), client, addr) {
+		// The node name tells this agent from another that took the
+		// HTTP port (this one is then about to exit).
+		if ready(context.Background(), client, addr, node) {
 			t.Cleanup(func() {
 				stop()
 				if t.Failed() {
 					t.Logf("consul logged:\n%s", log.String())
 				}
 			})
-			return addr, log, true
+			return addr, nil
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return addr, log, false
+			return addr, fmt.Errorf("consul at %s has no leader after 30s:\n%s", addr, log.String())
 		}
 	}
 }
 
-func leaderKnown(ctx context.Context, c *http.Client, addr string) bool {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/status/leader", nil)
-	resp, err := c.Do(req)
-	if err != nil {
+// ready reports whether the agent at addr is node and knows a leader.
+func ready(ctx context.Context, c *http.Client, addr, node string) bool {
+	var self struct{ Config struct{ NodeName string } }
+	b, ok := get(ctx, c, "http://"+addr+"/v1/agent/self")
+	if !ok || json.Unmarshal(b, &self) != nil || self.Config.NodeName != node {
 		return false
 	}
+	b, ok = get(ctx, c, "http://"+addr+"/v1/status/leader")
+	return ok && len(bytes.Trim(b, "\"\n ")) > 0
+}
+
+// get returns the body of a 200 answer to a GET of url.
+func get(ctx context.Context, c *http.Client, url string) ([]byte, bool) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, false
+	}
 	defer resp.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	return resp.StatusCode == http.StatusOK && len(bytes.Trim(b.Bytes(), "\"\n ")) > 0
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return b, err == nil && resp.StatusCode == http.StatusOK
 }

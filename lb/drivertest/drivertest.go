@@ -13,14 +13,16 @@
 //
 // The package also holds what the drivers' own tests share: GoldenConfigs
 // and FuzzConfig for renderers, BadConfigs, a throw-away CA for TLS, the
-// Lab, Backend and client helpers, and BenchmarkAddServer.
+// Lab, Backend and client helpers, BenchmarkAddServer, and for frontends
+// on loopback LoopbackBind with ApplyRebinding (a port another process
+// took between the pick and the bind is picked again) and
+// RunTakenPortTest, which checks it.
 package drivertest
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -40,17 +42,6 @@ type Harness struct {
 	// BadSnippets, for drivers with Capabilities.RawSnippets, are raw
 	// snippets that pass Config.Validate but that the backend rejects.
 	BadSnippets map[string]string
-}
-
-// LoopbackBind is a Harness.Bind for real drivers: 127.0.0.1 and a port
-// nothing listened on a moment ago.
-func LoopbackBind(t *testing.T) (string, uint16) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return "127.0.0.1", uint16(l.Addr().(*net.TCPAddr).Port)
 }
 
 // Reloader is implemented by drivers that count how often they changed the
@@ -127,7 +118,7 @@ func (s *suite) config(t *testing.T) *driver.Config {
 
 func (s *suite) apply(t *testing.T, c *driver.Config) {
 	t.Helper()
-	if err := s.d.Apply(ctx(t), c); err != nil {
+	if err := ApplyRebinding(ctx(t), t, s.d, c, s.h.Bind); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
 }
@@ -446,7 +437,7 @@ func testCapabilityGating(t *testing.T, s *suite) {
 		Name: "secure", Protocol: driver.HTTP, Address: addr, Port: port, DefaultPool: "web",
 		TLS: &driver.TLS{Certificates: []driver.Certificate{ca.Issue(t, "main", "www.example.test")}},
 	})
-	err := s.d.Apply(ctx(t), cfg)
+	err := ApplyRebinding(ctx(t), t, s.d, cfg, s.h.Bind)
 	switch {
 	case caps.TLS && caps.Layer7 && err != nil:
 		t.Fatalf("Apply with TLS on a driver with TLS: %v", err)
