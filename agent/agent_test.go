@@ -22,6 +22,7 @@ import (
 	"github.com/musterkit/muster/container/drivertest"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/container/memcontainer"
+	discdriver "github.com/musterkit/muster/discovery/driver"
 	"github.com/musterkit/muster/errcode"
 	netdriver "github.com/musterkit/muster/network/driver"
 )
@@ -46,6 +47,7 @@ type cluster struct {
 	networks      map[netdriver.Mode]netdriver.Driver // served by serve
 	balancers     *Balancers                          // served by serve
 	floating      *FloatingIPs                        // served by serve
+	discovery     discdriver.Driver                   // served by serve
 }
 
 func newCluster(t testing.TB, opts *pki.CAOptions) *cluster {
@@ -90,6 +92,9 @@ func (cl *cluster) serveUntil(t testing.TB, ctx context.Context, d driver.Driver
 	}
 	if cl.floating != nil {
 		services = append(services, cl.floating)
+	}
+	if cl.discovery != nil {
+		services = append(services, DiscoveryService("memory", cl.discovery))
 	}
 	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.logger(), ShutdownTimeout: time.Second, Services: services})
 	go func() { done <- srv.Serve(ctx, l) }()

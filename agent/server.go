@@ -20,6 +20,7 @@ import (
 	"github.com/musterkit/muster/agent/pki"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
+	discdriver "github.com/musterkit/muster/discovery/driver"
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/network/preflight"
@@ -366,8 +367,15 @@ func (req *transferRequest) validate() error {
 	return nil
 }
 
+// pathValidators check the path wildcards that are not DNS labels.
+var pathValidators = map[string]func(string) error{
+	"ref":      driver.ValidImageRef,
+	"instance": discdriver.ValidID,
+}
+
 // validated checks every wildcard of the route's pattern before h runs: a
-// "ref" is an image reference, anything else a name (a DNS label).
+// "ref" is an image reference, an "instance" a discovery instance ID,
+// anything else a name (a DNS label).
 func validated(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		for _, seg := range strings.Split(r.Pattern, "/") {
@@ -376,9 +384,9 @@ func validated(h http.HandlerFunc) http.HandlerFunc {
 				continue
 			}
 			key = strings.TrimSuffix(key, "}")
-			valid := image.ValidName
-			if key == "ref" {
-				valid = driver.ValidImageRef
+			valid, ok := pathValidators[key]
+			if !ok {
+				valid = names.Label
 			}
 			if err := valid(r.PathValue(key)); err != nil {
 				wire.WriteError(w, errcode.New(errcode.InvalidArgument, "%s: %w", key, err))

@@ -15,7 +15,7 @@ func TestLabel(t *testing.T) {
 			t.Errorf("Label(%q): %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"", "Web", "a_b", "-a", "a-", "a.b", "a b", "a\nb", "ä", strings.Repeat("a", 64), "../x"} {
+	for _, bad := range []string{"", "-", "Web", "a_b", "-a", "a-", "a.b", "a b", "a\nb", "a\x00", "ä", strings.Repeat("a", 64), "../x", "a/b"} {
 		if err := names.Label(bad); !errors.Is(err, errcode.InvalidArgument) {
 			t.Errorf("Label(%q) = %v, want InvalidArgument", bad, err)
 		}

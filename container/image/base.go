@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // BaseOptions configure BuildBase. The zero value means the defaults.
@@ -68,7 +69,7 @@ var baseDirs = map[string]int64{
 // the same manifest. A busybox that is not a static ELF binary is rejected
 // with errcode.InvalidArgument; a missing one with errcode.NotFound.
 func BuildBase(ctx context.Context, s *Store, name string, opts *BaseOptions) (*Manifest, error) {
-	if err := ValidName(name); err != nil {
+	if err := names.Label(name); err != nil {
 		return nil, err
 	}
 	bb := "/bin/busybox"

@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // Manifest describes an image: a named, content-addressed archive blob.
@@ -40,7 +41,7 @@ func (m *Manifest) Validate() error {
 // validate is Validate; with requireDigest false an empty Digest passes,
 // for a manifest whose blob has not been hashed yet.
 func (m *Manifest) validate(requireDigest bool) error {
-	if err := ValidName(m.Name); err != nil {
+	if err := names.Label(m.Name); err != nil {
 		return err
 	}
 	if m.Digest != "" || requireDigest {
@@ -61,31 +62,6 @@ func (m *Manifest) validate(requireDigest bool) error {
 	}
 	return nil
 }
-
-// ValidName returns nil if s is an RFC 1123 DNS label: 1 to 63 characters
-// of lowercase letters, digits and '-', neither starting nor ending with
-// '-'. Otherwise the error has code errcode.InvalidArgument. Image and
-// container names follow this rule, so they are safe in file names, host
-// names and command lines.
-func ValidName(s string) error {
-	if s == "" {
-		return errcode.New(errcode.InvalidArgument, "name is empty")
-	}
-	if len(s) > 63 {
-		return errcode.New(errcode.InvalidArgument, "name %.20q... is %d bytes long; the limit is 63", s, len(s))
-	}
-	for _, c := range s {
-		if c != '-' && !isLowerAlnum(c) {
-			return errcode.New(errcode.InvalidArgument, "name %q contains %q; use lowercase letters a-z, digits and '-'", s, c)
-		}
-	}
-	if s[0] == '-' || s[len(s)-1] == '-' {
-		return errcode.New(errcode.InvalidArgument, "name %q starts or ends with '-'", s)
-	}
-	return nil
-}
-
-func isLowerAlnum(c rune) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }
 
 // validDigest checks the form "sha256:<64 lowercase hex>".
 func validDigest(d string) error {
@@ -114,3 +90,5 @@ func validLabel(k, v string) error {
 	}
 	return nil
 }
+
+func isLowerAlnum(c rune) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }

@@ -21,6 +21,7 @@ import (
 	"github.com/google/renameio/v2"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // Store is a server's image store, a directory holding
@@ -202,7 +203,7 @@ func (s *Store) list() ([]*Manifest, error) {
 	var out []*Manifest
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || ValidName(name) != nil {
+		if !ok || names.Label(name) != nil {
 			continue // renameio's temporary files
 		}
 		m, err := s.readManifest(name)
@@ -222,7 +223,7 @@ func (s *Store) list() ([]*Manifest, error) {
 // that blob for a digest.
 func (s *Store) resolve(ref string) ([]*Manifest, error) {
 	if !strings.HasPrefix(ref, "sha256:") {
-		if err := ValidName(ref); err != nil {
+		if err := names.Label(ref); err != nil {
 			return nil, errcode.New(errcode.InvalidArgument, "image reference %.80q is neither a name nor a sha256 digest: %w", ref, err)
 		}
 		m, err := s.readManifest(ref)

@@ -34,6 +34,7 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
 // Options configure a Driver. The zero value is usable.
@@ -336,7 +337,7 @@ func cloneSpec(s *driver.Spec) driver.Spec {
 // blob once, checking it as an archive while keeping and hashing it, and
 // validates the manifest, labels included.
 func (d *Driver) PutImage(ctx context.Context, m *image.Manifest, blob io.Reader) (*image.Manifest, error) {
-	if err := image.ValidName(m.Name); err != nil {
+	if err := names.Label(m.Name); err != nil {
 		return nil, err
 	}
 	var buf bytes.Buffer

@@ -11,6 +11,8 @@ import (
 	"github.com/musterkit/muster/agent"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/memcontainer"
+	discdriver "github.com/musterkit/muster/discovery/driver"
+	"github.com/musterkit/muster/discovery/memdiscovery"
 	"github.com/musterkit/muster/drivers/bgp"
 	"github.com/musterkit/muster/drivers/haproxy"
 	"github.com/musterkit/muster/drivers/keepalived"
@@ -74,6 +76,9 @@ var (
 		"memory": func(*slog.Logger) agent.BalancerKind {
 			return func(context.Context, string) (lbdriver.Driver, error) { return memlb.New(), nil }
 		},
+	}
+	discoveryKinds = map[string]func(log *slog.Logger) discdriver.Driver{
+		"memory": func(log *slog.Logger) discdriver.Driver { return memdiscovery.New(&memdiscovery.Options{Logger: log}) },
 	}
 	// keepalived runs in this process's network namespace: the server's.
 	floatingIPKinds = map[string]func(log *slog.Logger) agent.FloatingIPKind{

@@ -82,6 +82,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 		publishEvery                                  time.Duration
 		ips                                           []net.IP
 		networks, balancers, floating                 []string
+		discoveryKind                                 string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -131,6 +132,16 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 				log.Error("restoring floating IPs", "err", err)
 			}
 			defer fs.Close()
+			services := []agent.Service{agent.NetworkService(nets), bs, fs}
+			if discoveryKind != "" {
+				openers, err := pick(discoveryKinds, []string{discoveryKind}, "discovery kind")
+				if err != nil {
+					return err
+				}
+				reg := openers[discoveryKind](log)
+				defer reg.Close()
+				services = append(services, agent.DiscoveryService(discoveryKind, reg))
+			}
 			if a, ok := d.(driver.Autostarter); ok {
 				started, err := a.StartAutostart(ctx)
 				if err != nil {
@@ -151,7 +162,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 				return err
 			}
 			log.Info("serving", "name", creds.Cert.Leaf.Subject.CommonName, "addr", l.Addr(), "driver", driverName, "ca", creds.CAFingerprint)
-			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log, Services: []agent.Service{agent.NetworkService(nets), bs, fs}}).Serve(ctx, l)
+			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log, Services: services}).Serve(ctx, l)
 			log.Info("stopped")
 			return err
 		},
@@ -167,6 +178,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: "+kindList(networkDrivers)+" (memory: in memory, every mode)")
 	f.StringVar(&publishConsul, "publish-consul", "", "publish the services of this server's labelled containers (muster.io/service, muster.io/port) to the Consul agent at this host:port")
 	f.DurationVar(&publishEvery, "publish-interval", 10*time.Second, "how often --publish-consul syncs; a dead agent's services expire after three of these")
+	f.StringVar(&discoveryKind, "discovery", "", "serve a service registry to the cluster (agent.Client.Discovery): "+kindList(discoveryKinds)+" (the embedded registry, with real health checks); none if empty")
 	f.StringSliceVar(&floating, "floating-ip", []string{"keepalived"}, "floating-IP speaker kinds to offer: "+kindList(floatingIPKinds)+", or none (an empty value)")
 	f.StringSliceVar(&balancers, "balancer", slices.Sorted(maps.Keys(balancerKinds)), "load-balancer kinds to offer, repeatable: "+kindList(balancerKinds))
 	return cmd

@@ -22,7 +22,7 @@ func (m Mode) wireGuard() bool { return m == WireGuard || m == VXLANOverWireGuar
 // error. A valid spec is safe to put in a kernel call or a configuration
 // file:
 //
-//   - ID is a DNS label (image.ValidName) and Mode one of the constants.
+//   - ID is a DNS label (names.Label) and Mode one of the constants.
 //   - Subnet is valid and masked; Local's address is in Subnet. In layer-2
 //     modes (VXLAN, VXLANOverWireGuard) Local has Subnet's length; in layer-3
 //     modes (WireGuard, BGP) its length is Subnet's or longer.
