@@ -42,8 +42,9 @@ func TestMoveFaultsThroughAgents(t *testing.T) {
 		// inject runs at the phase's event with the move's cancel and
 		// the target; it returns what to do once Move returned.
 		inject func(t *testing.T, cancel context.CancelFunc, target *fleet.Server) (after func())
-		// committed: Move fails after its commit (else it succeeds).
-		committed bool
+		// committed: Move fails after its commit; undone: it fails
+		// before, and is rolled back (else it succeeds).
+		committed, undone bool
 	}
 	kill := func(t *testing.T, target *fleet.Server) {
 		if err := target.Kill(); err != nil {
@@ -56,6 +57,15 @@ func TestMoveFaultsThroughAgents(t *testing.T) {
 		}
 	}
 	scenarios := []scenario{
+		{name: "cancel-before-stop", at: container.PhaseStop, undone: true,
+			inject: func(t *testing.T, cancel context.CancelFunc, _ *fleet.Server) func() { cancel(); return func() {} }},
+		{name: "target-killed-and-restarted-at-transfer", at: container.PhaseTransfer, undone: true,
+			inject: func(t *testing.T, _ context.CancelFunc, target *fleet.Server) func() {
+				kill(t, target)
+				done := make(chan struct{})
+				go func() { defer close(done); time.Sleep(300 * time.Millisecond); restart(t, target) }()
+				return func() { <-done }
+			}},
 		{name: "cancel-during-cleanup", at: container.PhaseCleanup,
 			inject: func(t *testing.T, cancel context.CancelFunc, _ *fleet.Server) func() { cancel(); return func() {} }},
 		{name: "target-killed-and-restarted-at-cleanup", at: container.PhaseCleanup,
@@ -85,16 +95,32 @@ func TestMoveFaultsThroughAgents(t *testing.T) {
 				mctx, cancel := context.WithCancel(ctx)
 				defer cancel()
 				after := func() {}
+				injected := false
 				info, err := f.Cluster.Move(mctx, "mv", from.Name, to.Name, &container.TransferOptions{
 					Mode: mode, StopTimeout: time.Second, FinishTimeout: 5 * time.Second,
 					Progress: func(e container.Event) {
-						if e.Phase == sc.at {
+						if e.Phase == sc.at && !injected {
+							injected = true
 							after = sc.inject(t, cancel, to)
 						}
 					}})
 				after()
 				t.Logf("move: %+v, %v", info, err)
 				var te *container.TransferError
+				if sc.undone {
+					if !errors.As(err, &te) || te.At != from.Name || te.Leftover != "" {
+						t.Fatalf("move failing before its commit: %v; want a TransferError at %s, no leftover", err, from.Name)
+					}
+					src, _ := f.Cluster.Server(from.Name)
+					if got, err := src.Get(ctx, "mv"); err != nil || got.State != container.Running {
+						t.Fatalf("the source after the rollback: %+v, %v; want running", got, err)
+					}
+					dst, _ := f.Cluster.Server(to.Name)
+					if _, err := dst.Get(ctx, "mv"); !errors.Is(err, errcode.NotFound) {
+						t.Fatalf("the target after the rollback: %v; want nothing", err)
+					}
+					return
+				}
 				switch {
 				case sc.committed:
 					if !errors.As(err, &te) || te.At != to.Name || te.Leftover != "" || errcode.Of(err) != errcode.Unavailable {
