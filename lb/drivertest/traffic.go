@@ -33,8 +33,9 @@ type TrafficHarness struct {
 	ZeroLossReloads bool
 	// BadSnippets pass Config.Validate but the backend rejects them.
 	BadSnippets map[string]string
-	// OpenIn returns a fresh balancer whose processes run in host's
-	// network namespace (through host.Command and host.Listen).
+	// OpenIn returns a fresh balancer that runs in host's network
+	// namespace: its processes through host.Command, or its sockets
+	// through host.Listen or host.Do. It is required.
 	OpenIn func(t *testing.T, host *testhost.Host) driver.Driver
 }
 
@@ -178,7 +179,10 @@ func Get(c *http.Client, url string) (string, error) {
 }
 
 // RunTrafficTests sends real traffic through real balancers: they need
-// root (testhost) and run the same subtests for every real driver.
+// root (testhost) and run the same subtests for every real driver. A
+// driver without Capabilities.Layer7 gets TCP frontends where the others
+// get HTTP ones, with clients that open a connection per request, so the
+// same counts hold.
 func RunTrafficTests(t *testing.T, h TrafficHarness) {
 	lab := NewLab(t)
 	for _, tt := range []struct {
@@ -209,9 +213,17 @@ type trafficSuite struct {
 	d   driver.Driver
 }
 
+// protocol is the frontends' protocol: HTTP, or TCP for a layer-4 driver.
+func (s *trafficSuite) protocol() driver.Protocol {
+	if s.d.Capabilities().Layer7 {
+		return driver.HTTP
+	}
+	return driver.TCP
+}
+
 // setup starts one backend per delay on h0, h1, h2 (named h0, h1, h2) and
-// applies a config with one HTTP frontend over a pool of them; it returns
-// the frontend's URL.
+// applies a config with one HTTP (or TCP, see protocol) frontend over a
+// pool of them; it returns the frontend's URL.
 func (s *trafficSuite) setup(t *testing.T, pool driver.Pool, delays ...time.Duration) (string, []*Backend, *driver.Config) {
 	port := s.lab.Port()
 	var bs []*Backend
@@ -226,7 +238,7 @@ func (s *trafficSuite) setup(t *testing.T, pool driver.Pool, delays ...time.Dura
 	}
 	pool.Name = "pool"
 	cfg := &driver.Config{Pools: []driver.Pool{pool}, Frontends: []driver.Frontend{{
-		Name: "www", Protocol: driver.HTTP, Address: s.lab.Cluster.RootAddr.String(), Port: s.lab.Port(), DefaultPool: "pool",
+		Name: "www", Protocol: s.protocol(), Address: s.lab.Cluster.RootAddr.String(), Port: s.lab.Port(), DefaultPool: "pool",
 	}}}
 	if err := s.d.Apply(t.Context(), cfg); err != nil {
 		t.Fatalf("Apply: %v", err)
@@ -465,17 +477,42 @@ func testHealthCheck(t *testing.T, s *trafficSuite) {
 	}
 }
 
-func testTLS(t *testing.T, s *trafficSuite) {
-	if !s.d.Capabilities().TLS {
-		t.Skip("the driver does not terminate TLS")
+// wantRefused checks that a driver lacking a capability refuses cfg with
+// errcode.Unimplemented, keeps its configuration and binds nothing.
+func (s *trafficSuite) wantRefused(t *testing.T, what string, cfg *driver.Config) {
+	t.Helper()
+	before, err := s.d.Config(t.Context())
+	if err != nil {
+		t.Fatal(err)
 	}
+	wantCode(t, what, s.d.Apply(t.Context(), cfg), errcode.Unimplemented)
+	if now, err := s.d.Config(t.Context()); err != nil || !driver.Equal(now, before) {
+		t.Fatalf("%s: the configuration changed (%v)", what, err)
+	}
+	err = s.lab.Cluster.Hosts[3].Do(func() error {
+		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(s.lab.Cluster.RootAddr, cfg.Frontends[0].Port).String(), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err == nil {
+		t.Fatalf("%s: the refused frontend accepts connections", what)
+	}
+}
+
+func testTLS(t *testing.T, s *trafficSuite) {
 	ca := NewCA(t)
 	port := s.lab.Port()
 	b := StartBackend(t, s.lab.Cluster.Hosts[0], port, "h0", 0)
 	cfg := &driver.Config{
 		Pools: []driver.Pool{{Name: "pool", Servers: []driver.Server{b.Server()}}},
-		Frontends: []driver.Frontend{{Name: "secure", Protocol: driver.HTTP, Address: s.lab.Cluster.RootAddr.String(), Port: s.lab.Port(), DefaultPool: "pool",
+		Frontends: []driver.Frontend{{Name: "secure", Protocol: s.protocol(), Address: s.lab.Cluster.RootAddr.String(), Port: s.lab.Port(), DefaultPool: "pool",
 			TLS: &driver.TLS{Certificates: []driver.Certificate{ca.Issue(t, "a", "a.example.test"), ca.Issue(t, "b", "b.example.test", "www.b.example.test")}}}},
+	}
+	if !s.d.Capabilities().TLS {
+		s.wantRefused(t, "TLS without the capability", cfg)
+		return
 	}
 	if err := s.d.Apply(t.Context(), cfg); err != nil {
 		t.Fatal(err)
@@ -631,7 +668,8 @@ func testRuntimeServers(t *testing.T, s *trafficSuite) {
 
 func testRejectedKeepsServing(t *testing.T, s *trafficSuite) {
 	url, _, cfg := s.setup(t, driver.Pool{}, 0, 0, 0)
-	c := s.lab.Client(s.lab.Sources[0], true, nil)
+	// Keep-alive, except for a layer-4 balancer, which spreads connections.
+	c := s.lab.Client(s.lab.Sources[0], s.protocol() == driver.HTTP, nil)
 	count(t, c, url, 10)
 	r, _ := s.d.(Reloader)
 	before := 0
@@ -642,6 +680,9 @@ func testRejectedKeepsServing(t *testing.T, s *trafficSuite) {
 	bad := cfg.Normalized()
 	bad.Pools[0].Servers = bad.Pools[0].Servers[:1]
 	bad.Unsafe = &driver.Unsafe{RawSnippets: s.h.BadSnippets}
+	if s.h.BadSnippets == nil {
+		bad.Unsafe.RawSnippets = map[string]string{"global": "this is not a directive"}
+	}
 	err := s.d.Apply(t.Context(), bad)
 	time.Sleep(300 * time.Millisecond)
 	l.end()
@@ -672,7 +713,7 @@ func testFailedBindKeepsServing(t *testing.T, s *trafficSuite) {
 	c := s.lab.Client(s.lab.Sources[0], false, nil)
 	l := startLoad([]*http.Client{c}, url, 5*time.Millisecond)
 	bad := cfg.Normalized()
-	bad.Frontends = append(bad.Frontends, driver.Frontend{Name: "nowhere", Protocol: driver.HTTP, Address: "192.0.2.1", Port: s.lab.Port(), DefaultPool: "pool"})
+	bad.Frontends = append(bad.Frontends, driver.Frontend{Name: "nowhere", Protocol: s.protocol(), Address: "192.0.2.1", Port: s.lab.Port(), DefaultPool: "pool"})
 	start := time.Now()
 	err := s.d.Apply(t.Context(), bad)
 	took := time.Since(start)
@@ -705,6 +746,9 @@ func testFailedBindKeepsServing(t *testing.T, s *trafficSuite) {
 // testInHostNamespace runs the balancer in h0's namespace, bound on h0's
 // address, in front of backends on h1 and h2, for clients on h3.
 func testInHostNamespace(t *testing.T, s *trafficSuite) {
+	if s.h.OpenIn == nil {
+		t.Fatal("TrafficHarness.OpenIn is nil: every driver must be able to run in a simulated server's namespace")
+	}
 	h0 := s.lab.Cluster.Hosts[0]
 	d := s.h.OpenIn(t, h0)
 	port := s.lab.Port()
@@ -712,7 +756,7 @@ func testInHostNamespace(t *testing.T, s *trafficSuite) {
 	b2 := StartBackend(t, s.lab.Cluster.Hosts[2], port, "h2", 0)
 	cfg := &driver.Config{
 		Pools:     []driver.Pool{{Name: "pool", Servers: []driver.Server{b1.Server(), b2.Server()}}},
-		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: h0.Addr.String(), Port: s.lab.Port(), DefaultPool: "pool"}},
+		Frontends: []driver.Frontend{{Name: "www", Protocol: s.protocol(), Address: h0.Addr.String(), Port: s.lab.Port(), DefaultPool: "pool"}},
 	}
 	if err := d.Apply(t.Context(), cfg); err != nil {
 		t.Fatal(err)
@@ -737,9 +781,6 @@ func testInHostNamespace(t *testing.T, s *trafficSuite) {
 }
 
 func testRoutes(t *testing.T, s *trafficSuite) {
-	if !s.d.Capabilities().Layer7 {
-		t.Skip("the driver has no HTTP routing")
-	}
 	port := s.lab.Port()
 	var srv []driver.Server
 	for i := range 3 {
@@ -759,6 +800,10 @@ func testRoutes(t *testing.T, s *trafficSuite) {
 				{Name: "static", PathPrefix: "/static", Pool: "static"},
 				{Name: "shadowed", PathPrefix: "/static/deep", Pool: "api"},
 			}}},
+	}
+	if !s.d.Capabilities().Layer7 {
+		s.wantRefused(t, "routes without the capability", cfg)
+		return
 	}
 	if err := s.d.Apply(t.Context(), cfg); err != nil {
 		t.Fatal(err)
