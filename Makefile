@@ -1,6 +1,7 @@
 # Muster's two commands, for a fresh Debian machine as root:
 #   make demo   a real cluster of three simulated servers on this machine
-#   make test   go vet and the whole suite, privileged tests included
+#   make test   go vet and the whole suite, privileged tests included, then
+#               examples/tcplb: a driver in its own module on the public suites
 # Both install the Debian packages they need first.
 
 SHELL := /bin/bash
@@ -47,11 +48,15 @@ build:
 demo: deps build
 	$(BIN)/demo -agent $(BIN)/muster-agent
 
+# examples/tcplb is a module of its own (./... does not descend into it):
+# vet and test it in its directory.
 vet:
 	$(GO) vet ./...
+	cd examples/tcplb && $(GO) vet ./...
 
 test: deps vet consul
 	PATH=$(BIN):$$PATH MUSTER_ROOT_TESTS=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	cd examples/tcplb && MUSTER_ROOT_TESTS=1 $(GO) test -race -count=1 ./...
 
 bench: deps
 	MUSTER_ROOT_TESTS=1 $(GO) test -run '^$$' -bench . -benchtime 20x ./drivers/lxc/ ./bench/...
