@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -128,9 +129,10 @@ func (c *Client) Get(ctx context.Context, name string) (*driver.Info, error) {
 	return call[*driver.Info](ctx, c, http.MethodGet, apiPath("containers", name), nil)
 }
 
-// List implements driver.Driver.
+// List implements driver.Driver. The agent streams the list, so it may be
+// of any length (see readList).
 func (c *Client) List(ctx context.Context) ([]*driver.Info, error) {
-	return call[[]*driver.Info](ctx, c, http.MethodGet, apiPath("containers"), nil)
+	return readList[*driver.Info](ctx, c, apiPath("containers"))
 }
 
 // Exec implements driver.Driver. Stdin, stdout and stderr stream both ways
@@ -181,9 +183,9 @@ func (c *Client) Image(ctx context.Context, ref string) (*image.Manifest, error)
 	return call[*image.Manifest](ctx, c, http.MethodGet, apiPath("images", ref), nil)
 }
 
-// ListImages implements driver.Images.
+// ListImages implements driver.Images. Like List, it is streamed.
 func (c *Client) ListImages(ctx context.Context) ([]*image.Manifest, error) {
-	return call[[]*image.Manifest](ctx, c, http.MethodGet, apiPath("images"), nil)
+	return readList[*image.Manifest](ctx, c, apiPath("images"))
 }
 
 // OpenImage implements driver.Images. Reading the blob returns an error,
@@ -361,6 +363,61 @@ func decode[T any](resp *http.Response, err error) (T, error) {
 		return v, err
 	}
 	return v, nil
+}
+
+// readList reads a list that the agent streams as JSON lines, decoding one
+// item at a time and refusing an item over maxListItem bytes. An agent
+// from before lists were streamed answers a JSON array instead, bounded by
+// wire.MaxJSONBody. A reply cut short is an error, never a shorter list.
+func readList[T any](ctx context.Context, c *Client, path string) ([]T, error) {
+	resp, err := c.roundTrip(ctx, http.MethodGet, path, http.Header{"Accept": {listContentType}}, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.Header.Get("Content-Type") != listContentType {
+		return decode[[]T](resp, nil)
+	}
+	body := streamBody{resp}
+	defer body.Close()
+	r := bufio.NewReaderSize(body, 64<<10)
+	items := []T{}
+	for {
+		line, err := readLine(r, maxListItem)
+		if err == io.EOF {
+			return items, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		var item T
+		if err := json.Unmarshal(line, &item); err != nil {
+			return nil, errcode.New(errcode.Internal, "malformed list item %d from the agent: %w", len(items), err)
+		}
+		items = append(items, item)
+	}
+}
+
+// readLine returns the next line of r without its newline, failing with
+// errcode.Internal if it holds more than limit bytes. At the end of r it
+// returns io.EOF, or r's error.
+func readLine(r *bufio.Reader, limit int) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := r.ReadSlice('\n')
+		if len(line)+len(frag) > limit+1 {
+			return nil, errcode.New(errcode.Internal, "the agent sent a list item over the limit of %d bytes", limit)
+		}
+		line = append(line, frag...)
+		switch {
+		case err == nil:
+			return line[:len(line)-1], nil
+		case err == bufio.ErrBufferFull:
+		case err == io.EOF && len(line) > 0:
+			return nil, errcode.New(errcode.Internal, "the agent's list ends within an item")
+		default:
+			return nil, err
+		}
+	}
 }
 
 // roundTrip sends a request whose body streams from body (nil for none)

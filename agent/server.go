@@ -188,7 +188,7 @@ func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 		}
 		return d.Create(r.Context(), &spec)
 	}))
-	route("GET /v1/containers", reply(func(r *http.Request) ([]*driver.Info, error) { return d.List(r.Context()) }))
+	route("GET /v1/containers", listReply(func(r *http.Request) ([]*driver.Info, error) { return d.List(r.Context()) }))
 	route("GET /v1/containers/{name}", reply(func(r *http.Request) (*driver.Info, error) {
 		return d.Get(r.Context(), r.PathValue("name"))
 	}))
@@ -263,7 +263,7 @@ func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 			}
 			return im.PutImage(r.Context(), &m, requestStream{r.Body})
 		}))
-		route("GET /v1/images", reply(func(r *http.Request) ([]*image.Manifest, error) { return im.ListImages(r.Context()) }))
+		route("GET /v1/images", listReply(func(r *http.Request) ([]*image.Manifest, error) { return im.ListImages(r.Context()) }))
 		route("GET /v1/images/{ref}", reply(func(r *http.Request) (*image.Manifest, error) {
 			return im.Image(r.Context(), r.PathValue("ref"))
 		}))
@@ -409,6 +409,50 @@ func reply[T any](f func(r *http.Request) (T, error)) http.HandlerFunc {
 	}
 }
 
+// listReply serves a call whose answer is a list. A client that accepts
+// listContentType gets it as JSON lines, one item a line, streamed with a
+// status trailer (see streamResponse), so no bound applies to the whole
+// list, only to each item (maxListItem). Other clients, from before lists
+// were streamed, get a JSON array, bounded by wire.MaxJSONBody.
+func listReply[T any](f func(r *http.Request) ([]T, error)) http.HandlerFunc {
+	array := reply(f)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !accepts(r, listContentType) {
+			array(w, r)
+			return
+		}
+		items, err := f(r)
+		if err != nil {
+			wire.WriteError(w, err)
+			return
+		}
+		w.Header().Set("Content-Type", listContentType)
+		streamResponse(w, func(w io.Writer) error {
+			enc := json.NewEncoder(w)
+			enc.SetEscapeHTML(false) // so an item grows no larger than maxListItem allows for
+			for _, item := range items {
+				if err := enc.Encode(item); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+}
+
+// accepts reports whether the request's Accept header lists mediaType.
+func accepts(r *http.Request, mediaType string) bool {
+	for _, h := range r.Header.Values("Accept") {
+		for t := range strings.SplitSeq(h, ",") {
+			t, _, _ = strings.Cut(t, ";")
+			if strings.EqualFold(strings.TrimSpace(t), mediaType) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // streamResponse serves a call whose answer is a stream that produce
 // writes. An error before the first byte is an ordinary error reply; after
 // it, the error travels in the status trailer, which a success carries too,
@@ -424,7 +468,8 @@ func streamResponse(w http.ResponseWriter, produce func(io.Writer) error) {
 	sw.start()
 }
 
-// startWriter sends the response header before the first byte of the body.
+// startWriter sends the response header before the first byte of the body,
+// with Content-Type application/octet-stream unless the handler set one.
 type startWriter struct {
 	w       http.ResponseWriter
 	started bool
@@ -433,7 +478,9 @@ type startWriter struct {
 func (s *startWriter) start() {
 	if !s.started {
 		s.started = true
-		s.w.Header().Set("Content-Type", "application/octet-stream")
+		if s.w.Header().Get("Content-Type") == "" {
+			s.w.Header().Set("Content-Type", "application/octet-stream")
+		}
 		s.w.WriteHeader(http.StatusOK)
 	}
 }

@@ -24,6 +24,17 @@ const (
 	statusHeader   = "Muster-Status"   // trailer of a streamed response: its status
 )
 
+// A list (of containers, of images) travels as JSON lines, one item a
+// line, so that its length is unbounded (see listReply and readList). Each
+// item is bounded by maxListItem: an item the agent accepted in a request
+// body, of at most wire.MaxJSONBody bytes, encodes to at most three times
+// that (a byte of invalid UTF-8 arrives as U+FFFD, three bytes), plus the
+// fields the agent adds, so no item it stored makes List fail.
+const (
+	listContentType = "application/x-ndjson"
+	maxListItem     = 4 * wire.MaxJSONBody
+)
+
 // transferRequest is the body of a push or pull call.
 type transferRequest struct {
 	// Peer is the other agent's address, host:port: the target of a

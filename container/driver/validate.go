@@ -1,9 +1,12 @@
 package driver
 
 import (
+	"errors"
 	"fmt"
+	"maps"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/musterkit/muster/errcode"
@@ -101,24 +104,99 @@ func ValidImageRef(ref string) error {
 	return nil
 }
 
-var (
-	labelKeyRE   = regexp.MustCompile(`^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
-	labelValueRE = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$`)
+// Label caps. A key and a value follow Kubernetes' rules (see ValidLabels);
+// Kubernetes caps neither the number of labels nor their total size, only
+// annotations (256 KiB in all). Labels here are selectors that every List
+// carries, not storage, so a container gets at most MaxLabels of them
+// whose keys and values add up to at most MaxLabelBytes: far above what
+// real workloads carry (the discovery Publisher uses 5), and small enough
+// that a thousand maximal containers list in 16 MiB.
+const (
+	MaxLabels         = 64
+	MaxLabelBytes     = 16 << 10
+	MaxLabelKeyPrefix = 253 // a DNS subdomain
+	MaxLabelName      = 63
+	MaxLabelValue     = 63
 )
 
-// ValidLabels accepts labels shaped like Kubernetes labels: a key is an
-// optional DNS-subdomain prefix and '/', then a name of up to 63 letters,
-// digits, '-', '_' and '.'; a value is empty or such a name.
+// ValidLabels accepts labels shaped like Kubernetes labels, at most
+// MaxLabels of them whose keys and values total at most MaxLabelBytes
+// bytes. A key is an optional prefix and '/', then a name; the prefix is a
+// DNS subdomain (DNS labels joined by '.', at most 253 bytes in all); the
+// name is 1 to 63 bytes of ASCII letters, digits, '-', '_' and '.',
+// starting and ending with a letter or digit. A value is empty or shaped
+// like a name. The error, with code errcode.InvalidArgument, says which
+// rule a label breaks.
 func ValidLabels(labels map[string]string) error {
+	if len(labels) > MaxLabels {
+		return errcode.New(errcode.InvalidArgument, "%d labels; the limit is %d", len(labels), MaxLabels)
+	}
+	total := 0
 	for k, v := range labels {
-		if !labelKeyRE.MatchString(k) {
-			return errcode.New(errcode.InvalidArgument, "label key %q is not a valid key", k)
+		total += len(k) + len(v)
+	}
+	if total > MaxLabelBytes {
+		return errcode.New(errcode.InvalidArgument, "labels hold %d bytes of keys and values; the limit is %d", total, MaxLabelBytes)
+	}
+	for _, k := range slices.Sorted(maps.Keys(labels)) { // the same error every time
+		if err := validLabelKey(k); err != nil {
+			return err
 		}
-		if !labelValueRE.MatchString(v) {
-			return errcode.New(errcode.InvalidArgument, "label %q value %q is not a valid value", k, v)
+		if v := labels[k]; v != "" {
+			if err := validLabelName(v, MaxLabelValue); err != nil {
+				return errcode.New(errcode.InvalidArgument, "label %s: value %.80q: %s", k, v, err)
+			}
 		}
 	}
 	return nil
+}
+
+// validLabelKey checks a key: [prefix/]name.
+func validLabelKey(k string) error {
+	prefix, name, hasPrefix := strings.Cut(k, "/")
+	if !hasPrefix {
+		name = prefix
+	}
+	if err := validLabelName(name, MaxLabelName); err != nil {
+		return errcode.New(errcode.InvalidArgument, "label key %.80q: name: %s", k, err)
+	}
+	if !hasPrefix {
+		return nil
+	}
+	if len(prefix) > MaxLabelKeyPrefix {
+		return errcode.New(errcode.InvalidArgument, "label key %.80q: prefix is %d bytes long; the limit is %d", k, len(prefix), MaxLabelKeyPrefix)
+	}
+	for part := range strings.SplitSeq(prefix, ".") {
+		if err := names.Label(part); err != nil {
+			return errcode.New(errcode.InvalidArgument, "label key %.80q: prefix is not a DNS subdomain (DNS labels joined by '.'): %w", k, err)
+		}
+	}
+	return nil
+}
+
+// validLabelName checks a label name or non-empty value: 1 to max bytes of
+// [A-Za-z0-9-_.], starting and ending with a letter or digit. Its error
+// is a plain description, for the caller to wrap.
+func validLabelName(s string, max int) error {
+	switch {
+	case s == "":
+		return errors.New("is empty")
+	case len(s) > max:
+		return fmt.Errorf("is %d bytes long; the limit is %d", len(s), max)
+	}
+	for _, r := range s {
+		if r >= 0x80 || !isAlnum(byte(r)) && r != '-' && r != '_' && r != '.' {
+			return fmt.Errorf("contains %q; use ASCII letters, digits, '-', '_' and '.'", r)
+		}
+	}
+	if !isAlnum(s[0]) || !isAlnum(s[len(s)-1]) {
+		return errors.New("must start and end with a letter or digit")
+	}
+	return nil
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }
 
 // validPath accepts an absolute, clean path without control characters,

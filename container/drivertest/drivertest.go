@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -209,6 +210,9 @@ func testCreateRejects(t *testing.T, s *suite) {
 		{Name: "ok", Image: s.h.Image, Networks: []container.Network{{Bridge: "br0", MTU: 10}}},
 		{Name: "ok", Image: s.h.Image, Labels: map[string]string{"a b": "c"}},
 		{Name: "ok", Image: s.h.Image, Labels: map[string]string{"k": "v\n"}},
+		{Name: "ok", Image: s.h.Image, Labels: map[string]string{strings.Repeat("k", 64): "v"}},
+		{Name: "ok", Image: s.h.Image, Labels: manyLabels(driver.MaxLabels+1, "v")},
+		{Name: "ok", Image: s.h.Image, Labels: manyLabels(driver.MaxLabels, strings.Repeat("v", 63))}, // 16 KiB of prefixed keys and values
 	} {
 		_, err := s.srv.Create(c, bad)
 		wantCode(t, "invalid spec "+strings.ReplaceAll(bad.Name, "\n", `\n`), err, errcode.InvalidArgument)
@@ -589,4 +593,15 @@ func testConcurrent(t *testing.T, s *suite) {
 			t.Fatalf("%s is %s", n, st)
 		}
 	}
+}
+
+// manyLabels returns n labels whose keys carry a 200-byte prefix and whose
+// values are v.
+func manyLabels(n int, v string) map[string]string {
+	prefix := strings.Repeat(strings.Repeat("p", 49)+".", 4)[:199] + "/"
+	m := map[string]string{}
+	for i := range n {
+		m[fmt.Sprintf("%slabel-%d", prefix, i)] = v
+	}
+	return m
 }

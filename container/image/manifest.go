@@ -28,9 +28,21 @@ type Manifest struct {
 	// 1024 bytes of printable UTF-8 (unicode.IsPrint: letters, marks,
 	// numbers, punctuation, symbols and the ASCII space), so no control
 	// or format character such as U+202E RIGHT-TO-LEFT OVERRIDE can make a
-	// label display as something else.
+	// label display as something else. There are at most MaxLabels of
+	// them, their keys and values adding up to at most MaxLabelBytes.
 	Labels map[string]string `json:"labels,omitempty"`
 }
+
+// Caps on a manifest's labels. A manifest travels whole in a header of the
+// agent's protocol and in every image list, so its labels are bounded in
+// number and in total size, as Kubernetes bounds an object's annotations
+// (256 KiB). Image labels are descriptions (OCI annotations such as
+// org.opencontainers.image.description), longer than container labels but
+// as few: 64 of them, 64 KiB in all, a quarter of Kubernetes' cap.
+const (
+	MaxLabels     = 64
+	MaxLabelBytes = 64 << 10
+)
 
 // Validate returns an error with code errcode.InvalidArgument if the name,
 // digest, size, arch or labels are malformed.
@@ -54,6 +66,16 @@ func (m *Manifest) validate(requireDigest bool) error {
 	}
 	if m.Arch == "" || len(m.Arch) > 32 || strings.TrimFunc(m.Arch, isLowerAlnum) != "" {
 		return errcode.New(errcode.InvalidArgument, "image %s: arch %q is not a GOARCH value", m.Name, m.Arch)
+	}
+	if len(m.Labels) > MaxLabels {
+		return errcode.New(errcode.InvalidArgument, "image %s: %d labels; the limit is %d", m.Name, len(m.Labels), MaxLabels)
+	}
+	total := 0
+	for k, v := range m.Labels {
+		total += len(k) + len(v)
+	}
+	if total > MaxLabelBytes {
+		return errcode.New(errcode.InvalidArgument, "image %s: labels hold %d bytes of keys and values; the limit is %d", m.Name, total, MaxLabelBytes)
 	}
 	for k, v := range m.Labels {
 		if err := validLabel(k, v); err != nil {

@@ -183,13 +183,15 @@ func TestStorePutRejects(t *testing.T) {
 	}
 	blob := testBlob(t, "x")
 	for name, m := range map[string]Manifest{
-		"digest mismatch": {Name: "a", Digest: digest([]byte("something else"))},
-		"size mismatch":   {Name: "a", Size: 3},
-		"bad digest":      {Name: "a", Digest: "md5:1234"},
-		"bad name":        {Name: "A"},
-		"bad label":       {Name: "a", Labels: map[string]string{"bad key": "v"}},
-		"bad label value": {Name: "a", Labels: map[string]string{"k": "line\nbreak"}},
-		"bad arch":        {Name: "a", Arch: "x86 64"},
+		"digest mismatch":  {Name: "a", Digest: digest([]byte("something else"))},
+		"size mismatch":    {Name: "a", Size: 3},
+		"bad digest":       {Name: "a", Digest: "md5:1234"},
+		"bad name":         {Name: "A"},
+		"bad label":        {Name: "a", Labels: map[string]string{"bad key": "v"}},
+		"bad label value":  {Name: "a", Labels: map[string]string{"k": "line\nbreak"}},
+		"bad arch":         {Name: "a", Arch: "x86 64"},
+		"too many labels":  {Name: "a", Labels: manyLabels(MaxLabels+1, 1)},
+		"labels too large": {Name: "a", Labels: manyLabels(MaxLabels, 1024)},
 	} {
 		if _, err := s.Put(ctx, m, bytes.NewReader(blob)); !errors.Is(err, errcode.InvalidArgument) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)
@@ -208,6 +210,30 @@ func TestStorePutRejects(t *testing.T) {
 	}
 	if files := storeFiles(t, dir); len(files) != 0 {
 		t.Errorf("canceled Put left %v", files)
+	}
+}
+
+// manyLabels returns n labels with values of valueLen bytes.
+func manyLabels(n, valueLen int) map[string]string {
+	m := map[string]string{}
+	for i := range n {
+		m[fmt.Sprintf("label-%04d", i)] = strings.Repeat("v", valueLen)
+	}
+	return m
+}
+
+func TestManifestLabelCaps(t *testing.T) {
+	m := Manifest{Name: "a", Digest: digest(nil), Arch: "amd64", Labels: manyLabels(MaxLabels, 1000)}
+	if err := m.Validate(); err != nil {
+		t.Fatalf("%d labels of 1,010 bytes refused: %v", MaxLabels, err)
+	}
+	m.Labels = manyLabels(MaxLabels+1, 1)
+	if err := m.Validate(); !errors.Is(err, errcode.InvalidArgument) || !strings.Contains(err.Error(), "65 labels; the limit is 64") {
+		t.Errorf("65 labels: %v, want InvalidArgument naming the count", err)
+	}
+	m.Labels = manyLabels(MaxLabels, 1024)
+	if err := m.Validate(); !errors.Is(err, errcode.InvalidArgument) || !strings.Contains(err.Error(), "labels hold 66176 bytes of keys and values; the limit is 65536") {
+		t.Errorf("66,176 bytes of labels: %v, want InvalidArgument naming the size", err)
 	}
 }
 

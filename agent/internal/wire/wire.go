@@ -6,6 +6,7 @@ package wire
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -78,18 +79,54 @@ func WriteJSON(w http.ResponseWriter, code int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// WriteError answers err as a Status, with the HTTP status its code maps
+// to, or 413 Content Too Large for a body DecodeBody found over the limit.
 func WriteError(w http.ResponseWriter, err error) {
-	WriteJSON(w, httpStatus(errcode.Of(err)), StatusOf(err))
+	status := httpStatus(errcode.Of(err))
+	if _, ok := errors.AsType[*tooLargeError](err); ok {
+		status = http.StatusRequestEntityTooLarge
+	}
+	WriteJSON(w, status, StatusOf(err))
 }
 
-// DecodeBody reads a JSON request body into v.
-func DecodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, MaxJSONBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return errcode.New(errcode.InvalidArgument, "request body: %w", err)
+// tooLargeError is a request body over MaxJSONBody.
+type tooLargeError struct{ size int64 } // the body's length if known, or 0
+
+func (e *tooLargeError) Error() string {
+	if e.size > 0 {
+		return fmt.Sprintf("request body of %d bytes is over the limit of %d bytes (%d MiB)", e.size, MaxJSONBody, MaxJSONBody>>20)
 	}
-	return nil
+	return fmt.Sprintf("request body is over the limit of %d bytes (%d MiB)", MaxJSONBody, MaxJSONBody>>20)
+}
+
+// DecodeBody reads a JSON request body into v: one JSON value, with
+// nothing but white space after it, of at most MaxJSONBody bytes. Every
+// error has code errcode.InvalidArgument; WriteError answers one for a
+// body over the limit with 413 Content Too Large.
+func DecodeBody(r *http.Request, v any) error {
+	if r.ContentLength > MaxJSONBody {
+		return errcode.New(errcode.InvalidArgument, "%w", &tooLargeError{r.ContentLength})
+	}
+	// No ResponseWriter: the caller answers, through WriteError.
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, MaxJSONBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		// A second value or garbage after the first is refused, not ignored.
+		end := dec.InputOffset()
+		if _, err = dec.Token(); err == io.EOF {
+			return nil
+		} else if _, syntax := errors.AsType[*json.SyntaxError](err); err == nil || syntax {
+			return errcode.New(errcode.InvalidArgument, "request body: data after the JSON value, which ends at byte %d", end)
+		}
+	}
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return errcode.New(errcode.InvalidArgument, "%w", &tooLargeError{})
+	}
+	if err == io.EOF {
+		return errcode.New(errcode.InvalidArgument, "request body is empty; want a JSON value")
+	}
+	return errcode.New(errcode.InvalidArgument, "request body: %w", err)
 }
 
 // ResponseError returns the error an unsuccessful response carries. A body
@@ -105,6 +142,9 @@ func ResponseError(resp *http.Response) error {
 		if hs == resp.StatusCode {
 			code = c
 		}
+	}
+	if resp.StatusCode == http.StatusRequestEntityTooLarge {
+		code = errcode.InvalidArgument
 	}
 	return errcode.New(code, "agent replied %s", resp.Status)
 }
