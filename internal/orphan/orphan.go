@@ -21,9 +21,9 @@ import (
 
 // Reap kills, by pid, every process named comm (its /proc comm) in the
 // process group of the pid that pidFile records, and waits up to two
-// seconds until they are gone, so that their ports are free. A missing or
-// unreadable pid file, or a group with no such process, is nothing to do.
-// It returns the pids it killed.
+// seconds until they are gone (every thread of theirs), so that their
+// ports are free. A missing or unreadable pid file, or a group with no such
+// process, is nothing to do. It returns the pids it killed.
 func Reap(pidFile, comm string, log *slog.Logger) []int {
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
@@ -40,8 +40,8 @@ func Reap(pidFile, comm string, log *slog.Logger) []int {
 		if err != nil {
 			continue
 		}
-		name, pgrp, ok := stat(pid)
-		if ok && name == comm && pgrp == group {
+		name, pgrp, _, ok := stat(filepath.Join("/proc", e.Name(), "stat"))
+		if ok && name == comm && pgrp == group && running(pid) {
 			if log != nil {
 				log.Warn("ending a process an earlier run left", "pid", pid, "comm", comm, "group", group)
 			}
@@ -57,27 +57,37 @@ func Reap(pidFile, comm string, log *slog.Logger) []int {
 	return killed
 }
 
-// stat reads a process's comm and process group from /proc.
-func stat(pid int) (comm string, pgrp int, ok bool) {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+// stat reads the comm, process group and state of a process or a thread
+// from its stat file (/proc/PID/stat, /proc/PID/task/TID/stat).
+func stat(path string) (comm string, pgrp int, state string, ok bool) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", 0, false
+		return "", 0, "", false
 	}
 	// pid (comm) state ppid pgrp ...: comm may hold spaces and ')'.
 	i, j := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
 	if i < 0 || j < i {
-		return "", 0, false
+		return "", 0, "", false
 	}
 	f := strings.Fields(string(b[j+1:]))
 	if len(f) < 3 {
-		return "", 0, false
+		return "", 0, "", false
 	}
 	pgrp, err = strconv.Atoi(f[2])
-	return string(b[i+1 : j]), pgrp, err == nil && f[0] != "Z"
+	return string(b[i+1 : j]), pgrp, f[0], err == nil
 }
 
-// running reports whether pid exists and is not a zombie.
+// running reports whether a thread of process pid exists and is not a
+// zombie. The main thread alone does not say: it is a zombie once it
+// exited, while the process's other threads run on and hold its files (a
+// multi-threaded HAProxy worker's listening sockets).
 func running(pid int) bool {
-	_, _, ok := stat(pid)
-	return ok
+	tasks, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+	for _, t := range tasks {
+		_, _, state, ok := stat(filepath.Join("/proc", strconv.Itoa(pid), "task", t.Name(), "stat"))
+		if ok && state != "Z" && state != "X" {
+			return true
+		}
+	}
+	return false
 }
