@@ -1,19 +1,36 @@
 // Package daemon runs the long-lived processes that drivers manage
-// (HAProxy and Nginx masters): each in a process group of its own, so that
+// (HAProxy, Nginx and keepalived today; the storage daemons next) and
+// reconfigures them.
+//
+// A Process is one started daemon, in a process group of its own, so that
 // ending it ends its workers too, always by the group's id, never by name.
+//
+// An Instance is a daemon with its configuration file in an instance
+// directory. It owns the steps every config-rendering driver takes after
+// its pure render: check the rendered bytes with the real binary, swap
+// them atomically into place, reload the running daemon or start it, and
+// put the previous file back (and have the daemon load it again, unless it
+// said it kept the old one) if that fails, so a configuration that fails
+// never replaces the running one. New first ends the daemon an earlier run
+// left running (internal/orphan). The driver supplies what differs between
+// daemons: the check's command line, the start command and when a started
+// daemon serves, and how to reload (a signal, a master CLI, waiting for
+// new workers).
 package daemon
 
 import (
 	"os/exec"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
 
 // Process is a started daemon.
 type Process struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
+	cmd     *exec.Cmd
+	done    chan struct{}
+	err     error
+	stopped atomic.Bool
 }
 
 // Start starts cmd as the leader of a new process group and watches for
@@ -53,9 +70,13 @@ func (p *Process) Running() bool {
 // Signal sends sig to the daemon (not its group).
 func (p *Process) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
 
+// Stopped reports whether Stop was called: an exit after it was asked for.
+func (p *Process) Stopped() bool { return p.stopped.Load() }
+
 // Stop asks the daemon to end (SIGTERM), and after grace kills its whole
 // process group (SIGKILL), then waits until it has exited.
 func (p *Process) Stop(grace time.Duration) {
+	p.stopped.Store(true)
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:

@@ -26,15 +26,15 @@ func TestStartStop(t *testing.T) {
 	default:
 		t.Fatal("Done not closed")
 	}
-	if p.Err() == nil {
-		t.Fatal("a killed daemon exited cleanly")
+	if p.Err() == nil || !p.Stopped() {
+		t.Fatalf("a stopped daemon: exit %v, Stopped %v", p.Err(), p.Stopped())
 	}
 	q, err := Start(exec.Command("true"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	<-q.Done()
-	if q.Err() != nil || q.Running() {
-		t.Fatalf("true: %v", q.Err())
+	if q.Err() != nil || q.Running() || q.Stopped() {
+		t.Fatalf("true: %v, Stopped %v", q.Err(), q.Stopped())
 	}
 }
