@@ -34,7 +34,6 @@ package haproxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/csv"
 	"errors"
@@ -56,7 +55,6 @@ import (
 
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/internal/daemon"
-	"github.com/musterkit/muster/internal/orphan"
 	"github.com/musterkit/muster/lb/driver"
 )
 
@@ -64,6 +62,9 @@ var _ driver.Driver = (*Driver)(nil)
 
 // DefaultBinary is where Debian installs HAProxy.
 const DefaultBinary = "/usr/sbin/haproxy"
+
+// logFile, in the instance directory, receives HAProxy's output.
+const logFile = "haproxy.log"
 
 // Options configure a Driver. The zero value is usable.
 type Options struct {
@@ -91,18 +92,13 @@ type Options struct {
 // Driver runs one HAProxy instance. It is safe for concurrent use.
 type Driver struct {
 	dir  string
-	bin  string
 	log  *slog.Logger
-	cmd  func(string, ...string) *exec.Cmd
-	wait time.Duration
 	lis  func(string, string) (net.Listener, error)
+	inst *daemon.Instance
 
-	mu      sync.Mutex
-	cfg     *driver.Config // in force, normalized
-	text    string         // the rendered configuration in force
-	proc    *daemon.Process
-	reloads int
-	closed  bool
+	mu     sync.Mutex
+	cfg    *driver.Config // in force, normalized
+	closed bool
 }
 
 // Open returns a driver for an instance kept in dir (created if missing,
@@ -127,29 +123,43 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	if len(dir) > 90 {
 		return nil, errcode.New(errcode.InvalidArgument, "directory %q is too long for unix socket paths", dir)
 	}
-	d := &Driver{dir: dir, bin: cmpOr(opts.Binary, DefaultBinary), log: opts.Logger, cmd: opts.Command,
-		wait: opts.ReloadTimeout, cfg: &driver.Config{}}
+	bin := cmpOr(opts.Binary, DefaultBinary)
+	command := opts.Command
+	if command == nil {
+		command = exec.Command
+	}
+	d := &Driver{dir: dir, log: opts.Logger, lis: opts.Listen, cfg: &driver.Config{}}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
-	if d.cmd == nil {
-		d.cmd = exec.Command
-	}
-	if d.wait == 0 {
-		d.wait = 15 * time.Second
-	}
-	if d.lis = opts.Listen; d.lis == nil {
+	if d.lis == nil {
 		d.lis = net.Listen
 	}
-	if _, err := os.Stat(d.bin); err != nil {
+	if _, err := os.Stat(bin); err != nil {
 		return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("haproxy binary (Debian package haproxy): %w", err))
 	}
 	if err := os.MkdirAll(filepath.Join(dir, CertDir), 0o700); err != nil {
 		return nil, err
 	}
-	// A master of an earlier run whose manager died still serves and
-	// holds the ports: end it, so that this driver's can bind them.
-	orphan.Reap(filepath.Join(dir, PidFile), "haproxy", d.log)
+	// New ends a master of an earlier run whose manager died, which still
+	// serves and holds the ports, so that this driver's can bind them.
+	d.inst = daemon.New(daemon.Spec{
+		Name: "haproxy", Dir: dir, ConfigFile: ConfigFile, PidFile: PidFile, LogFile: logFile, FilesDir: CertDir,
+		Timeout: opts.ReloadTimeout, Logger: d.log,
+		Check: func(path string) *exec.Cmd { return exec.Command(bin, "-c", "-q", "-f", path) },
+		Command: func() (*exec.Cmd, error) {
+			for _, s := range []string{MasterSocket, StatsSocket} {
+				os.Remove(filepath.Join(dir, s))
+			}
+			return command(bin, "-W", "-S", filepath.Join(dir, MasterSocket)+",mode,600",
+				"-f", filepath.Join(dir, ConfigFile), "-p", filepath.Join(dir, PidFile)), nil
+		},
+		Ready: func(*daemon.Process) bool {
+			pid, err := d.workerPid()
+			return err == nil && pid != 0 && d.serves(pid)
+		},
+		Reload: d.reload,
+	})
 	return d, nil
 }
 
@@ -163,23 +173,10 @@ func (d *Driver) Capabilities() driver.Capabilities {
 }
 
 // Reloads counts starts and reloads, for drivertest.Reloader.
-func (d *Driver) Reloads() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.reloads
-}
+func (d *Driver) Reloads() int { return d.inst.Reloads() }
 
 // Pid returns the master process's pid, or 0 if none runs.
-func (d *Driver) Pid() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.running() {
-		return d.proc.Pid()
-	}
-	return 0
-}
-
-func (d *Driver) running() bool { return d.proc != nil && d.proc.Running() }
+func (d *Driver) Pid() int { return d.inst.Pid() }
 
 func (d *Driver) usable() error {
 	if d.closed {
@@ -198,7 +195,7 @@ func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
 	if err := d.usable(); err != nil {
 		return err
 	}
-	if driver.Equal(cfg, d.cfg) && (d.running() || len(d.cfg.Frontends)+len(d.cfg.Pools) == 0) {
+	if driver.Equal(cfg, d.cfg) && (d.inst.Running() || len(d.cfg.Frontends)+len(d.cfg.Pools) == 0) {
 		return nil
 	}
 	return d.install(ctx, cfg.Normalized(), nil)
@@ -212,64 +209,36 @@ func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func()
 	if err != nil {
 		return err
 	}
-	for path, data := range r.Files {
-		if _, err := os.Stat(path); err == nil {
-			continue // content-addressed: already there
-		}
-		if err := renameio.WriteFile(path, data, 0o600); err != nil {
-			return err
-		}
-	}
-	conf := filepath.Join(d.dir, ConfigFile)
-	if runtime != nil && d.running() {
+	if runtime != nil && d.inst.Running() {
 		// The runtime change goes first, so that traffic moves without
 		// waiting for haproxy -c; the file follows once checked. If the
 		// check fails, a reload of the file in force (the one before the
 		// change) undoes the runtime change.
 		rerr := runtime()
 		if rerr == nil {
-			if err := d.check(ctx, r.Config); err != nil {
+			if err := d.inst.Check(ctx, []byte(r.Config)); err != nil {
 				d.log.WarnContext(ctx, "haproxy rejects the file of a runtime change; reloading the previous one", "dir", d.dir, "err", err)
-				if rerr := d.reload(ctx); rerr != nil {
+				if rerr := d.inst.Reload(ctx); rerr != nil {
 					return errors.Join(err, rerr)
 				}
-				d.reloads++
 				return errors.Join(err, d.reconcile(ctx, d.cfg))
 			}
-			if err := renameio.WriteFile(conf, []byte(r.Config), 0o600); err != nil {
+			if err := d.inst.Record([]byte(r.Config)); err != nil {
 				return err
 			}
-			d.cfg, d.text = cfg, r.Config
+			d.cfg = cfg
 			d.log.InfoContext(ctx, "haproxy changed through the runtime API", "dir", d.dir)
 			return nil
 		}
 		d.log.WarnContext(ctx, "haproxy runtime API change failed; reloading", "dir", d.dir, "err", rerr)
 	}
-	if err := d.check(ctx, r.Config); err != nil {
-		return err
-	}
 	if err := d.checkBinds(cfg); err != nil {
 		return err
 	}
-	old := d.text
-	if err := renameio.WriteFile(conf, []byte(r.Config), 0o600); err != nil {
+	if err := d.inst.Apply(ctx, []byte(r.Config), r.Files); err != nil {
 		return err
 	}
-	if d.running() {
-		err = d.reload(ctx)
-	} else {
-		err = d.start(ctx)
-	}
-	if err != nil {
-		// The old file goes back so that nothing later loads the failed one.
-		if old != "" {
-			err = errors.Join(err, renameio.WriteFile(conf, []byte(old), 0o600))
-		}
-		return err
-	}
-	d.reloads++
-	d.cfg, d.text = cfg, r.Config
-	d.gcCerts(r)
+	d.cfg = cfg
 	return d.reconcile(ctx, cfg)
 }
 
@@ -278,7 +247,7 @@ func (d *Driver) install(ctx context.Context, cfg *driver.Config, runtime func()
 // this instance need no check). errcode.FailedPrecondition if one cannot.
 func (d *Driver) checkBinds(cfg *driver.Config) error {
 	running := map[string]bool{}
-	if d.running() {
+	if d.inst.Running() {
 		for _, f := range d.cfg.Frontends {
 			running[hostPort(f.Address, f.Port)] = true
 		}
@@ -297,152 +266,34 @@ func (d *Driver) checkBinds(cfg *driver.Config) error {
 	return nil
 }
 
-// check runs haproxy -c on a candidate file. A rejection is
-// errcode.InvalidArgument and carries HAProxy's message.
-func (d *Driver) check(ctx context.Context, text string) error {
-	cand := filepath.Join(d.dir, "candidate.cfg")
-	if err := os.WriteFile(cand, []byte(text), 0o600); err != nil {
-		return err
-	}
-	defer os.Remove(cand)
-	out, err := exec.CommandContext(ctx, d.bin, "-c", "-q", "-f", cand).CombinedOutput()
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return errcode.New(errcode.InvalidArgument, "haproxy rejects the configuration: %v: %s", err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
-func (d *Driver) start(ctx context.Context) error {
-	for _, s := range []string{MasterSocket, StatsSocket} {
-		os.Remove(filepath.Join(d.dir, s))
-	}
-	logf, err := os.OpenFile(filepath.Join(d.dir, "haproxy.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := d.cmd(d.bin, "-W", "-S", filepath.Join(d.dir, MasterSocket)+",mode,600",
-		"-f", filepath.Join(d.dir, ConfigFile), "-p", filepath.Join(d.dir, PidFile))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = d.dir
-	p, err := daemon.Start(cmd)
-	if err != nil {
-		return errcode.Wrap(errcode.Unavailable, err)
-	}
-	d.proc = p
-	deadline := time.Now().Add(d.wait)
-	for {
-		select {
-		case <-p.Done():
-			d.proc = nil
-			return errcode.New(errcode.FailedPrecondition, "haproxy exited at start (%v): %s", p.Err(), d.tail())
-		case <-ctx.Done():
-			d.stop()
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-		if pid, err := d.workerPid(); err == nil && pid != 0 {
-			if err := d.waitStats(ctx, pid, deadline); err != nil {
-				d.stop()
-				return err
-			}
-			d.log.InfoContext(ctx, "haproxy started", "dir", d.dir, "pid", cmd.Process.Pid, "worker", pid)
-			return nil
-		}
-		if time.Now().After(deadline) {
-			d.stop()
-			return errcode.New(errcode.Unavailable, "haproxy did not start within %v: %s", d.wait, d.tail())
-		}
-	}
-}
-
-// tail returns the end of the instance's log, for error messages.
-func (d *Driver) tail() string {
-	b, _ := os.ReadFile(filepath.Join(d.dir, "haproxy.log"))
-	if len(b) > 800 {
-		b = b[len(b)-800:]
-	}
-	return string(bytes.TrimSpace(b))
-}
-
 // reload asks the master for a seamless reload and waits for the new
-// worker to serve the stats socket.
-func (d *Driver) reload(ctx context.Context) error {
+// worker to serve the stats socket (daemon.Spec.Reload).
+func (d *Driver) reload(ctx context.Context, master *daemon.Process) error {
 	before, err := d.workerPid()
 	if err != nil {
 		return err
 	}
-	logPath := filepath.Join(d.dir, "haproxy.log")
-	var offset int64
-	if fi, err := os.Stat(logPath); err == nil {
-		offset = fi.Size()
-	}
-	if err := d.saveServerState(); err != nil {
-		d.log.WarnContext(ctx, "haproxy server state not saved; health restarts from scratch", "dir", d.dir, "err", err)
-	}
-	if _, err := d.master("reload"); err != nil && !errors.Is(err, io.EOF) {
-		return err
-	}
-	deadline := time.Now().Add(d.wait)
-	for {
-		// The master logs "Loading failure!" when the new configuration
-		// cannot start (a bind haproxy -c does not try, say); the old
-		// worker then resumes serving.
-		if msg := readFrom(logPath, offset); bytes.Contains(msg, []byte("Loading failure!")) {
-			return errcode.New(errcode.FailedPrecondition, "haproxy could not load the new configuration; the old one keeps serving: %s", bytes.TrimSpace(msg))
+	// The master logs "Loading failure!" when the new configuration
+	// cannot start (a bind haproxy -c does not try, say); the old worker
+	// then resumes serving.
+	return d.inst.AwaitReload(ctx, master, "Loading failure!", func() error {
+		if err := d.saveServerState(); err != nil {
+			d.log.WarnContext(ctx, "haproxy server state not saved; health restarts from scratch", "dir", d.dir, "err", err)
 		}
-		pid, err := d.workerPid()
-		if err == nil && pid != 0 && pid != before {
-			if err := d.waitStats(ctx, pid, deadline); err != nil {
-				return err
-			}
-			d.log.InfoContext(ctx, "haproxy reloaded", "dir", d.dir, "worker", pid)
-			return nil
+		if _, err := d.master("reload"); err != nil && !errors.Is(err, io.EOF) {
+			return err
 		}
-		if time.Now().After(deadline) {
-			return errcode.New(errcode.Unavailable, "haproxy did not reload within %v: %s", d.wait, d.tail())
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-d.proc.Done():
-			return errcode.New(errcode.Unavailable, "haproxy exited during a reload: %s", d.tail())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
-// readFrom returns what file holds after offset (at most 64 KiB).
-func readFrom(file string, offset int64) []byte {
-	f, err := os.Open(file)
-	if err != nil {
 		return nil
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(io.LimitReader(io.NewSectionReader(f, offset, 1<<62), 64<<10))
-	return b
+	}, func() bool {
+		pid, err := d.workerPid()
+		return err == nil && pid != 0 && pid != before && d.serves(pid)
+	})
 }
 
-// waitStats waits until the stats socket is served by worker pid.
-func (d *Driver) waitStats(ctx context.Context, pid int, deadline time.Time) error {
-	want := fmt.Sprintf("Pid: %d\n", pid)
-	for {
-		out, err := d.runtime("show info")
-		if err == nil && strings.Contains(out, want) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errcode.New(errcode.Unavailable, "haproxy worker %d does not serve the stats socket: %v", pid, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+// serves reports whether worker pid serves the stats socket.
+func (d *Driver) serves(pid int) bool {
+	out, err := d.runtime("show info")
+	return err == nil && strings.Contains(out, fmt.Sprintf("Pid: %d\n", pid))
 }
 
 // workerPid returns the current worker's pid from the master's "show proc".
@@ -572,7 +423,7 @@ func (d *Driver) change(ctx context.Context, next func(*driver.Config) (*driver.
 	if err != nil {
 		return err
 	}
-	if d.text == "" {
+	if d.inst.Config() == nil {
 		d.cfg = cfg // never started: the next Apply starts with it
 		return nil
 	}
@@ -664,7 +515,7 @@ func (d *Driver) Stats(ctx context.Context) ([]driver.ServerStats, error) {
 	for i := range out {
 		byName[backendName(out[i].Pool)+"/"+out[i].Server] = &out[i]
 	}
-	if !d.running() {
+	if !d.inst.Running() {
 		return sortStats(out), nil
 	}
 	text, err := d.runtime("show stat")
@@ -716,15 +567,6 @@ func serverState(s string) driver.ServerState {
 	return driver.Up
 }
 
-// stop ends the master (SIGTERM; after 5s SIGKILL to it and its workers,
-// its process group).
-func (d *Driver) stop() {
-	if d.proc != nil {
-		d.proc.Stop(5 * time.Second)
-		d.proc = nil
-	}
-}
-
 // Close implements driver.Driver: it stops HAProxy. The directory stays.
 func (d *Driver) Close() error {
 	d.mu.Lock()
@@ -733,17 +575,6 @@ func (d *Driver) Close() error {
 		return nil
 	}
 	d.closed = true
-	d.stop()
+	d.inst.Stop()
 	return nil
-}
-
-// gcCerts removes certificate files no longer referenced by r.
-func (d *Driver) gcCerts(r *Rendered) {
-	entries, _ := os.ReadDir(filepath.Join(d.dir, CertDir))
-	for _, e := range entries {
-		p := filepath.Join(d.dir, CertDir, e.Name())
-		if _, ok := r.Files[p]; !ok {
-			os.Remove(p)
-		}
-	}
 }

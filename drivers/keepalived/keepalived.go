@@ -64,13 +64,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/renameio/v2"
 	"github.com/vishvananda/netlink"
 
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/ha/driver"
 	"github.com/musterkit/muster/internal/confpath"
-	"github.com/musterkit/muster/internal/orphan"
+	"github.com/musterkit/muster/internal/daemon"
 )
 
 var _ driver.Driver = (*Driver)(nil)
@@ -124,27 +123,25 @@ type Driver struct {
 	cmd     func(string, ...string) *exec.Cmd
 	nl      *netlink.Handle
 	ownNL   bool
-	wait    time.Duration
 	now     func() time.Time
+	inst    *daemon.Instance
 
-	mu      sync.Mutex
-	cfg     *driver.Config // in force, normalized; nil before the first Apply
-	text    string
-	proc    *process
-	state   driver.State
-	subs    map[chan driver.Event]struct{}
-	reloads int
-	closed  bool
-	fifo    *os.File
+	mu     sync.Mutex
+	cfg    *driver.Config // in force, normalized; nil before the first Apply
+	out    *output        // of the keepalived starting or started last
+	done   chan struct{}  // closed once the exit of the keepalived started last was handled
+	state  driver.State
+	subs   map[chan driver.Event]struct{}
+	closed bool
+	fifo   *os.File
 }
 
-type process struct {
-	cmd     *exec.Cmd
-	exiting chan struct{} // closed when the process the driver started exited
-	waited  chan struct{} // closed when all of keepalived exited and its output is read
-	done    chan struct{} // closed after that, once the driver cleaned up
-	stopped bool          // the driver stopped it on purpose
-	err     error
+// output is a keepalived's output: the pipe's read end, and a channel
+// closed once it was read to the end (every process of the group closed
+// the pipe).
+type output struct {
+	r    *os.File
+	read chan struct{}
 }
 
 // Open returns a driver for an instance kept in dir (created if missing,
@@ -163,7 +160,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{dir: dir, bin: cmpOr(opts.Binary, DefaultBinary), busybox: cmpOr(opts.BusyBox, DefaultBusyBox),
-		events: opts.TrackProcessEvents, log: opts.Logger, cmd: opts.Command, nl: opts.Handle, wait: opts.StartTimeout, now: opts.Now,
+		events: opts.TrackProcessEvents, log: opts.Logger, cmd: opts.Command, nl: opts.Handle, now: opts.Now,
 		state: driver.Stopped, subs: map[chan driver.Event]struct{}{}}
 	if err := confpath.Plain("busybox", d.busybox); err != nil {
 		return nil, err
@@ -174,8 +171,9 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	if d.cmd == nil {
 		d.cmd = exec.Command
 	}
-	if d.wait == 0 {
-		d.wait = 10 * time.Second
+	wait := opts.StartTimeout
+	if wait == 0 {
+		wait = 10 * time.Second
 	}
 	if d.now == nil {
 		d.now = time.Now
@@ -192,10 +190,25 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 		}
 		d.ownNL = true
 	}
-	// A keepalived of an earlier run whose manager died still speaks for
-	// the group and holds its addresses: end it (its process group), so
-	// that this driver's takes over.
-	orphan.Reap(filepath.Join(dir, PidFile), "keepalived", d.log)
+	// New ends a keepalived of an earlier run whose manager died, which
+	// still speaks for the group and holds its addresses (its process
+	// group), so that this driver's takes over.
+	d.inst = daemon.New(daemon.Spec{
+		Name: "keepalived", Dir: dir, ConfigFile: ConfigFile, PidFile: PidFile, LogFile: LogFile,
+		Timeout: wait, Logger: d.log,
+		// keepalived -t runs where keepalived runs, so interfaces resolve.
+		Check:   func(path string) *exec.Cmd { return d.cmd(d.bin, "-t", "-l", "-G", "-f", path) },
+		Command: d.command,
+		Started: d.started,
+		// keepalived is up once its VRRP child wrote its pid file.
+		Ready: func(*daemon.Process) bool {
+			b, err := os.ReadFile(filepath.Join(dir, VRRPPidFile))
+			return err == nil && len(bytes.TrimSpace(b)) > 0
+		},
+		Reload: func(_ context.Context, p *daemon.Process) error {
+			return errcode.Wrap(errcode.Unavailable, p.Signal(syscall.SIGHUP))
+		},
+	})
 	return d, nil
 }
 
@@ -215,47 +228,23 @@ func (d *Driver) Capabilities() driver.Capabilities {
 }
 
 // Reloads counts starts and reloads (for tests: an equal Apply adds none).
-func (d *Driver) Reloads() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.reloads
-}
+func (d *Driver) Reloads() int { return d.inst.Reloads() }
 
 // Pid returns the pid of the keepalived process the driver started, or 0
 // if none runs.
-func (d *Driver) Pid() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.running() {
-		return d.proc.cmd.Process.Pid
-	}
-	return 0
-}
+func (d *Driver) Pid() int { return d.inst.Pid() }
 
-// running reports whether keepalived runs and is not exiting.
-func (d *Driver) running() bool {
-	if d.proc == nil {
-		return false
-	}
-	select {
-	case <-d.proc.exiting:
-		return false
-	default:
-		return true
-	}
-}
-
-// settle waits until an exiting keepalived is gone and cleaned up after.
+// settle waits until an exited keepalived is gone and cleaned up after.
 // Called with d.mu held; it releases the lock while it waits.
 func (d *Driver) settle(ctx context.Context) error {
-	p := d.proc
-	if p == nil || d.running() {
+	done := d.done
+	if done == nil || d.inst.Running() {
 		return nil
 	}
 	d.mu.Unlock()
 	defer d.mu.Lock()
 	select {
-	case <-p.done:
+	case <-done:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -286,7 +275,7 @@ func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
 	if err != nil {
 		return err
 	}
-	if d.running() && driver.Equal(cfg, d.cfg) {
+	if d.inst.Running() && driver.Equal(cfg, d.cfg) {
 		return nil
 	}
 	n := cfg.Normalized()
@@ -294,43 +283,25 @@ func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
 	if err != nil {
 		return err
 	}
-	if err := d.check(ctx, text); err != nil {
+	running := d.inst.Running()
+	if !running {
+		// Nothing runs: addresses on the interface are orphans of a dead
+		// keepalived.
+		if d.cfg != nil {
+			d.removeOrphans(ctx, d.cfg)
+		}
+		d.removeOrphans(ctx, n)
+	}
+	if err := d.inst.Apply(ctx, []byte(text), nil); err != nil {
 		return err
 	}
-	conf := filepath.Join(d.dir, ConfigFile)
-	if d.running() {
-		old := d.text
-		if err := renameio.WriteFile(conf, []byte(text), 0o600); err != nil {
-			return err
-		}
-		if err := d.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-			return errors.Join(errcode.Wrap(errcode.Unavailable, err), renameio.WriteFile(conf, []byte(old), 0o600))
-		}
-		prev := d.cfg
-		d.cfg, d.text = n, text
-		d.reloads++
-		// Addresses the new configuration dropped are keepalived's to
-		// remove; the ones of a renamed interface are not, so make sure.
-		if prev != nil && prev.Interface != n.Interface {
-			d.removeOrphans(ctx, prev)
-		}
-		d.log.InfoContext(ctx, "keepalived reloaded", "dir", d.dir, "group", n.Name)
-		return nil
+	prev := d.cfg
+	d.cfg = n
+	// Addresses a reloaded configuration dropped are keepalived's to
+	// remove; the ones of a renamed interface are not, so make sure.
+	if running && prev != nil && prev.Interface != n.Interface {
+		d.removeOrphans(ctx, prev)
 	}
-	// Nothing runs: addresses on the interface are orphans of a dead
-	// keepalived.
-	if d.cfg != nil {
-		d.removeOrphans(ctx, d.cfg)
-	}
-	d.removeOrphans(ctx, n)
-	if err := renameio.WriteFile(conf, []byte(text), 0o600); err != nil {
-		return err
-	}
-	if err := d.start(ctx, n.Name); err != nil {
-		return err
-	}
-	d.cfg, d.text = n, text
-	d.reloads++
 	return nil
 }
 
@@ -384,40 +355,10 @@ func (d *Driver) removeOrphans(ctx context.Context, cfg *driver.Config) {
 	}
 }
 
-// check runs keepalived -t on a candidate file (where keepalived runs, so
-// interfaces resolve). A rejection is errcode.InvalidArgument and carries
-// keepalived's message.
-func (d *Driver) check(ctx context.Context, text string) error {
-	cand := filepath.Join(d.dir, "candidate.conf")
-	if err := os.WriteFile(cand, []byte(text), 0o600); err != nil {
-		return err
-	}
-	defer os.Remove(cand)
-	cmd := d.cmd(d.bin, "-t", "-l", "-G", "-f", cand)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.Dir = d.dir
-	if err := cmd.Start(); err != nil {
-		return errcode.Wrap(errcode.Unavailable, err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return errcode.New(errcode.InvalidArgument, "keepalived rejects the configuration: %v: %s", err, bytes.TrimSpace(out.Bytes()))
-		}
-		return nil
-	case <-ctx.Done():
-		cmd.Process.Kill()
-		<-done
-		return ctx.Err()
-	}
-}
-
-// start runs keepalived and waits until its VRRP process reported the
-// instance's first state on the notify FIFO. Called with d.mu held.
-func (d *Driver) start(ctx context.Context, group string) error {
+// command prepares a start of keepalived (daemon.Spec.Command): the
+// notify FIFO, and a pipe for its output, which readLog copies to the log.
+// Called with d.mu held.
+func (d *Driver) command() (*exec.Cmd, error) {
 	for _, f := range []string{PidFile, VRRPPidFile, CheckerPidFile} {
 		os.Remove(filepath.Join(d.dir, f))
 	}
@@ -425,109 +366,82 @@ func (d *Driver) start(ctx context.Context, group string) error {
 		fifo := filepath.Join(d.dir, NotifyFIFO)
 		os.Remove(fifo)
 		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-			return err
+			return nil, err
 		}
 		// Read-write, so that the FIFO never reports end of file between
 		// two keepalived processes.
 		f, err := os.OpenFile(fifo, os.O_RDWR, 0)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		d.fifo = f
 		go d.readFIFO(f)
 	}
 	logf, err := os.OpenFile(filepath.Join(d.dir, LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
+	out := &output{r: pr, read: make(chan struct{})}
+	go func() {
+		defer close(out.read)
+		defer logf.Close()
+		d.readLog(pr, logf) // ends when the instance closed pw, at a failed start too
+	}()
+	d.out = out
 	cmd := d.cmd(d.bin, "-n", "-l", "-D", "-G", "-P",
 		"-f", filepath.Join(d.dir, ConfigFile),
 		"-p", filepath.Join(d.dir, PidFile),
 		"-r", filepath.Join(d.dir, VRRPPidFile),
 		"-c", filepath.Join(d.dir, CheckerPidFile))
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		logf.Close()
-		return err
-	}
 	cmd.Stdout, cmd.Stderr = pw, pw
-	cmd.Dir = d.dir
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Setpgid = true // a signal to the caller's group is not ours
-	if err := cmd.Start(); err != nil {
-		pw.Close()
-		pr.Close()
-		logf.Close()
-		return errcode.Wrap(errcode.Unavailable, err)
-	}
-	pw.Close()
-	p := &process{cmd: cmd, exiting: make(chan struct{}), waited: make(chan struct{}), done: make(chan struct{})}
-	d.proc = p
+	return cmd, nil
+}
+
+// started watches a keepalived that just started (daemon.Spec.Started)
+// until all of it exited. Called with d.mu held.
+func (d *Driver) started(p *daemon.Process) {
+	out, done := d.out, make(chan struct{})
+	d.done = done
 	d.state = driver.Backup // keepalived starts every instance as BACKUP
-	out := make(chan struct{})
 	go func() {
-		defer close(out)
-		defer logf.Close()
-		d.readLog(pr, logf)
-	}()
-	go func() {
-		err := cmd.Wait()
-		close(p.exiting)
+		<-p.Done()
 		// keepalived's VRRP child outlives a killed parent for a moment
 		// (and keeps the output pipe open). SIGTERM lets it resign (a
 		// priority-0 advert makes the backup take over at once, and it
 		// removes the addresses); SIGKILL follows if it lingers.
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		syscall.Kill(-p.Pid(), syscall.SIGTERM)
 		select {
-		case <-out:
+		case <-out.read:
 		case <-time.After(time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			syscall.Kill(-p.Pid(), syscall.SIGKILL)
 			select {
-			case <-out:
+			case <-out.read:
 			case <-time.After(2 * time.Second):
-				pr.Close()
+				out.r.Close()
 			}
 		}
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		p.err = err
-		close(p.waited)
-		d.exited(p, err)
+		syscall.Kill(-p.Pid(), syscall.SIGKILL)
+		d.exited(p, done)
 	}()
 	d.emit(driver.Event{Kind: driver.StateChanged, State: driver.Backup, Detail: "keepalived started"})
-	// keepalived is up once its VRRP child wrote its pid file.
-	deadline := time.Now().Add(d.wait)
-	for {
-		if b, err := os.ReadFile(filepath.Join(d.dir, VRRPPidFile)); err == nil && len(bytes.TrimSpace(b)) > 0 {
-			d.log.InfoContext(ctx, "keepalived started", "dir", d.dir, "group", group, "pid", cmd.Process.Pid)
-			return nil
-		}
-		select {
-		case <-p.waited:
-			return errcode.New(errcode.FailedPrecondition, "keepalived exited at start (%v): %s", p.err, d.tail())
-		case <-ctx.Done():
-			d.stop()
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			d.stop()
-			return errcode.New(errcode.Unavailable, "keepalived did not start within %v: %s", d.wait, d.tail())
-		}
-	}
 }
 
-// exited runs when a keepalived process ended.
-func (d *Driver) exited(p *process, err error) {
+// exited runs when keepalived process p, started last if its done is
+// d.done, ended.
+func (d *Driver) exited(p *daemon.Process, done chan struct{}) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	close(p.done)
-	if d.proc != p {
+	close(done)
+	if d.done != done {
 		return
 	}
-	if !p.stopped {
-		d.log.Warn("keepalived exited", "dir", d.dir, "err", err)
+	if !p.Stopped() {
+		d.log.Warn("keepalived exited", "dir", d.dir, "err", p.Err())
 		if d.cfg != nil {
 			d.removeOrphans(context.Background(), d.cfg)
 		}
@@ -554,7 +468,7 @@ func (d *Driver) readFIFO(f *os.File) {
 		st := map[string]driver.State{"MASTER": driver.Master, "BACKUP": driver.Backup, "FAULT": driver.Fault,
 			"STOP": driver.Stopped, "DELETED": driver.Stopped}[m[2]]
 		d.mu.Lock()
-		if d.cfg != nil && d.cfg.Name == m[1] && d.running() {
+		if d.cfg != nil && d.cfg.Name == m[1] && d.inst.Running() {
 			d.setState(st, "keepalived notify: "+sc.Text())
 		}
 		d.mu.Unlock()
@@ -642,7 +556,7 @@ func (d *Driver) Status(ctx context.Context) (*driver.Status, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := &driver.Status{State: driver.Stopped}
-	if d.running() {
+	if d.inst.Running() {
 		st.State = d.state
 	}
 	if d.cfg == nil || d.closed && d.ownNL {
@@ -666,32 +580,17 @@ func (d *Driver) Status(ctx context.Context) (*driver.Status, error) {
 
 // stop terminates keepalived (SIGTERM, which makes it give the addresses
 // up and send a priority-0 advert so a backup takes over at once; SIGKILL
-// of its group after 5s). Called with d.mu held; it releases the lock
-// while it waits.
+// of its group after daemon.StopGrace) and waits until its exit was
+// handled. Called with d.mu held; it releases the lock while it waits.
 func (d *Driver) stop() {
-	p := d.proc
-	if p == nil {
+	done := d.done
+	if done == nil {
 		return
 	}
-	p.stopped = true
-	p.cmd.Process.Signal(syscall.SIGTERM)
 	d.mu.Unlock()
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
+	d.inst.Stop()
+	<-done
 	d.mu.Lock()
-}
-
-// tail returns the end of the instance's log, for error messages.
-func (d *Driver) tail() string {
-	b, _ := os.ReadFile(filepath.Join(d.dir, LogFile))
-	if len(b) > 800 {
-		b = b[len(b)-800:]
-	}
-	return string(bytes.TrimSpace(b))
 }
 
 // Close implements driver.Driver.

@@ -39,7 +39,6 @@ package nginx
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -53,11 +52,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/renameio/v2"
-
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/internal/daemon"
-	"github.com/musterkit/muster/internal/orphan"
 	"github.com/musterkit/muster/lb/driver"
 )
 
@@ -84,17 +80,11 @@ type Options struct {
 // Driver runs one Nginx instance. It is safe for concurrent use.
 type Driver struct {
 	dir  string
-	bin  string
-	log  *slog.Logger
-	cmd  func(string, ...string) *exec.Cmd
-	wait time.Duration
+	inst *daemon.Instance
 
-	mu      sync.Mutex
-	cfg     *driver.Config
-	text    string
-	proc    *daemon.Process
-	reloads int
-	closed  bool
+	mu     sync.Mutex
+	cfg    *driver.Config
+	closed bool
 }
 
 // Open returns a driver for an instance kept in dir (created if missing).
@@ -116,20 +106,16 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	if err := validDir(dir); err != nil {
 		return nil, err
 	}
-	d := &Driver{dir: dir, bin: opts.Binary, log: opts.Logger, cmd: opts.Command, wait: opts.ReloadTimeout, cfg: &driver.Config{}}
-	if d.bin == "" {
-		d.bin = DefaultBinary
+	bin := opts.Binary
+	if bin == "" {
+		bin = DefaultBinary
 	}
-	if d.log == nil {
-		d.log = slog.New(slog.DiscardHandler)
+	command := opts.Command
+	if command == nil {
+		command = exec.Command
 	}
-	if d.cmd == nil {
-		d.cmd = exec.Command
-	}
-	if d.wait == 0 {
-		d.wait = 15 * time.Second
-	}
-	if _, err := os.Stat(d.bin); err != nil {
+	d := &Driver{dir: dir, cfg: &driver.Config{}}
+	if _, err := os.Stat(bin); err != nil {
 		return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("nginx binary (Debian package nginx-light): %w", err))
 	}
 	if _, err := os.Stat(StreamModule); err != nil {
@@ -158,10 +144,27 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 			}
 		}
 	}
-	// A master of an earlier run whose manager died (and its workers)
-	// still serves and holds the ports: end it, so that this driver's can
-	// bind them.
-	orphan.Reap(filepath.Join(dir, PidFile), "nginx", d.log)
+	// New ends a master of an earlier run whose manager died (and its
+	// workers), which still serves and holds the ports, so that this
+	// driver's can bind them.
+	args := func(conf string) []string {
+		return []string{"-p", dir + "/", "-c", conf, "-e", filepath.Join(dir, ErrorLog)}
+	}
+	d.inst = daemon.New(daemon.Spec{
+		Name: "nginx", Dir: dir, ConfigFile: ConfigFile, PidFile: PidFile, LogFile: ErrorLog, FilesDir: CertDir,
+		Timeout: opts.ReloadTimeout, Logger: opts.Logger,
+		// nginx -t binds the listeners: it runs where the master runs.
+		Check: func(path string) *exec.Cmd { return command(bin, append(args(path), "-t", "-q")...) },
+		Command: func() (*exec.Cmd, error) {
+			os.Remove(filepath.Join(dir, PidFile))
+			return command(bin, args(filepath.Join(dir, ConfigFile))...), nil
+		},
+		Ready: func(p *daemon.Process) bool {
+			b, _ := os.ReadFile(filepath.Join(dir, PidFile))
+			return strings.TrimSpace(string(b)) == strconv.Itoa(p.Pid()) && len(children(p.Pid())) > 0
+		},
+		Reload: d.reload,
+	})
 	return d, nil
 }
 
@@ -174,23 +177,10 @@ func (d *Driver) Capabilities() driver.Capabilities {
 }
 
 // Reloads counts starts and reloads, for drivertest.Reloader.
-func (d *Driver) Reloads() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.reloads
-}
+func (d *Driver) Reloads() int { return d.inst.Reloads() }
 
 // Pid returns the master's pid, or 0 if none runs.
-func (d *Driver) Pid() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.running() {
-		return d.proc.Pid()
-	}
-	return 0
-}
-
-func (d *Driver) running() bool { return d.proc != nil && d.proc.Running() }
+func (d *Driver) Pid() int { return d.inst.Pid() }
 
 func (d *Driver) usable() error {
 	if d.closed {
@@ -212,176 +202,46 @@ func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
 	if err := d.usable(); err != nil {
 		return err
 	}
-	if driver.Equal(cfg, d.cfg) && (d.running() || len(d.cfg.Frontends)+len(d.cfg.Pools) == 0) {
+	if driver.Equal(cfg, d.cfg) && (d.inst.Running() || len(d.cfg.Frontends)+len(d.cfg.Pools) == 0) {
 		return nil
 	}
 	return d.install(ctx, cfg.Normalized())
 }
 
-// install renders, checks, swaps and (re)starts. Called with d.mu held.
+// install renders and hands the configuration to the instance (check,
+// swap, reload or start). Called with d.mu held.
 func (d *Driver) install(ctx context.Context, cfg *driver.Config) error {
 	r, err := Render(cfg, d.dir)
 	if err != nil {
 		return err
 	}
-	for path, data := range r.Files {
-		if _, err := os.Stat(path); err == nil {
-			continue // content-addressed: already there
-		}
-		if err := renameio.WriteFile(path, data, 0o600); err != nil {
-			return err
-		}
-	}
-	if err := d.check(ctx, r.Config); err != nil {
+	if err := d.inst.Apply(ctx, []byte(r.Config), r.Files); err != nil {
 		return err
 	}
-	old := d.text
-	conf := filepath.Join(d.dir, ConfigFile)
-	if err := renameio.WriteFile(conf, []byte(r.Config), 0o600); err != nil {
-		return err
-	}
-	if d.running() {
-		err = d.reload(ctx)
-	} else {
-		err = d.start(ctx)
-	}
-	if err != nil {
-		if old != "" {
-			err = errors.Join(err, renameio.WriteFile(conf, []byte(old), 0o600))
-		}
-		return err
-	}
-	d.reloads++
-	d.cfg, d.text = cfg, r.Config
-	d.gcCerts(r)
+	d.cfg = cfg
 	return nil
 }
 
-func (d *Driver) args(conf string) []string {
-	return []string{"-p", d.dir + "/", "-c", conf, "-e", filepath.Join(d.dir, ErrorLog)}
-}
-
-// check runs nginx -t on a candidate file; a rejection is
-// errcode.InvalidArgument with Nginx's message.
-func (d *Driver) check(ctx context.Context, text string) error {
-	cand := filepath.Join(d.dir, "candidate.conf")
-	if err := os.WriteFile(cand, []byte(text), 0o600); err != nil {
-		return err
-	}
-	defer os.Remove(cand)
-	// nginx -t binds the listeners: it runs where the master runs.
-	out, err := run(ctx, d.cmd(d.bin, append(d.args(cand), "-t", "-q")...))
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return errcode.New(errcode.InvalidArgument, "nginx rejects the configuration: %v: %s", err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
-// run runs cmd to completion and returns its combined output; it kills the
-// command (by its pid) if ctx ends first.
-func run(ctx context.Context, cmd *exec.Cmd) ([]byte, error) {
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		return out.Bytes(), err
-	case <-ctx.Done():
-		cmd.Process.Kill()
-		<-done
-		return out.Bytes(), ctx.Err()
-	}
-}
-
-func (d *Driver) start(ctx context.Context) error {
-	os.Remove(filepath.Join(d.dir, PidFile))
-	cmd := d.cmd(d.bin, d.args(filepath.Join(d.dir, ConfigFile))...)
-	logf, err := os.OpenFile(filepath.Join(d.dir, "stderr.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, d.dir
-	p, err := daemon.Start(cmd)
-	if err != nil {
-		return errcode.Wrap(errcode.Unavailable, err)
-	}
-	d.proc = p
-	pid := cmd.Process.Pid
-	deadline := time.Now().Add(d.wait)
-	for {
-		select {
-		case <-p.Done():
-			d.proc = nil
-			return errcode.New(errcode.FailedPrecondition, "nginx exited at start (%v): %s", p.Err(), d.tail())
-		case <-ctx.Done():
-			d.stop()
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-		b, _ := os.ReadFile(filepath.Join(d.dir, PidFile))
-		if strings.TrimSpace(string(b)) == strconv.Itoa(pid) && len(children(pid)) > 0 {
-			d.log.InfoContext(ctx, "nginx started", "dir", d.dir, "pid", pid)
-			return nil
-		}
-		if time.Now().After(deadline) {
-			d.stop()
-			return errcode.New(errcode.Unavailable, "nginx did not start within %v: %s", d.wait, d.tail())
-		}
-	}
-}
-
-// reload sends SIGHUP and waits for the master to start new workers.
-func (d *Driver) reload(ctx context.Context) error {
-	pid := d.proc.Pid()
-	before := children(pid)
-	logPath := filepath.Join(d.dir, ErrorLog)
-	var offset int64
-	if fi, err := os.Stat(logPath); err == nil {
-		offset = fi.Size()
-	}
-	if err := d.proc.Signal(syscall.SIGHUP); err != nil {
-		return errcode.Wrap(errcode.Unavailable, err)
-	}
-	deadline := time.Now().Add(d.wait)
-	for {
+// reload sends SIGHUP and waits until new workers run and old ones
+// stopped accepting (daemon.Spec.Reload).
+func (d *Driver) reload(ctx context.Context, master *daemon.Process) error {
+	before := children(master.Pid())
+	// A configuration the master cannot load (nginx -t passed, but a bind
+	// failed since, say) is logged as [emerg]; the old workers keep
+	// serving.
+	return d.inst.AwaitReload(ctx, master, "[emerg]", func() error {
+		return errcode.Wrap(errcode.Unavailable, master.Signal(syscall.SIGHUP))
+	}, func() bool {
 		fresh, accepting := 0, 0
-		for _, c := range children(pid) {
+		for _, c := range children(master.Pid()) {
 			if !slices.Contains(before, c) {
 				fresh++
 			} else if !shuttingDown(c) {
 				accepting++
 			}
 		}
-		// New workers run and old ones stopped accepting.
-		if fresh >= 2 && accepting == 0 { // worker_processes
-			d.log.InfoContext(ctx, "nginx reloaded", "dir", d.dir, "pid", pid)
-			return nil
-		}
-		// A configuration the master cannot load (nginx -t passed, but a
-		// bind failed since, say) is logged as [emerg]; the old workers
-		// keep serving.
-		if b, err := os.ReadFile(logPath); err == nil && int64(len(b)) > offset && bytes.Contains(b[offset:], []byte("[emerg]")) {
-			return errcode.New(errcode.FailedPrecondition, "nginx could not load the new configuration; the old one keeps serving: %s", bytes.TrimSpace(b[offset:]))
-		}
-		if time.Now().After(deadline) {
-			return errcode.New(errcode.Unavailable, "nginx did not reload within %v: %s", d.wait, d.tail())
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-d.proc.Done():
-			return errcode.New(errcode.Unavailable, "nginx exited during a reload: %s", d.tail())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+		return fresh >= 2 && accepting == 0 // worker_processes
+	})
 }
 
 // shuttingDown reports whether an old worker has closed its listeners:
@@ -417,14 +277,6 @@ func children(pid int) []int {
 	return out
 }
 
-func (d *Driver) tail() string {
-	b, _ := os.ReadFile(filepath.Join(d.dir, ErrorLog))
-	if len(b) > 800 {
-		b = b[len(b)-800:]
-	}
-	return string(bytes.TrimSpace(b))
-}
-
 // Config implements driver.Driver.
 func (d *Driver) Config(ctx context.Context) (*driver.Config, error) {
 	d.mu.Lock()
@@ -446,7 +298,7 @@ func (d *Driver) change(ctx context.Context, next func(*driver.Config) (*driver.
 	if err != nil {
 		return err
 	}
-	if d.text == "" {
+	if d.inst.Config() == nil {
 		d.cfg = cfg // never started: the next Apply starts with it
 		return nil
 	}
@@ -489,7 +341,7 @@ func (d *Driver) Stats(ctx context.Context) ([]driver.ServerStats, error) {
 			if s.State != driver.Ready {
 				st = driver.Maint
 			}
-			if !d.running() {
+			if !d.inst.Running() {
 				st = driver.Down
 			}
 			out = append(out, driver.ServerStats{Pool: p.Name, Server: s.Name, State: st, Weight: s.Weight})
@@ -501,15 +353,6 @@ func (d *Driver) Stats(ctx context.Context) ([]driver.ServerStats, error) {
 	return out, nil
 }
 
-// stop ends the master (SIGTERM, fast shutdown; after 5s SIGKILL to it
-// and its workers, its process group).
-func (d *Driver) stop() {
-	if d.proc != nil {
-		d.proc.Stop(5 * time.Second)
-		d.proc = nil
-	}
-}
-
 // Close implements driver.Driver: it stops Nginx. The directory stays.
 func (d *Driver) Close() error {
 	d.mu.Lock()
@@ -518,16 +361,6 @@ func (d *Driver) Close() error {
 		return nil
 	}
 	d.closed = true
-	d.stop()
+	d.inst.Stop() // SIGTERM: fast shutdown
 	return nil
-}
-
-func (d *Driver) gcCerts(r *Rendered) {
-	entries, _ := os.ReadDir(filepath.Join(d.dir, CertDir))
-	for _, e := range entries {
-		p := filepath.Join(d.dir, CertDir, e.Name())
-		if _, ok := r.Files[p]; !ok {
-			os.Remove(p)
-		}
-	}
 }
