@@ -67,6 +67,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/fanout"
 	"github.com/musterkit/muster/ha/driver"
 	"github.com/musterkit/muster/internal/confpath"
 	"github.com/musterkit/muster/internal/daemon"
@@ -126,14 +127,14 @@ type Driver struct {
 	now     func() time.Time
 	inst    *daemon.Instance
 
-	mu     sync.Mutex
-	cfg    *driver.Config // in force, normalized; nil before the first Apply
-	out    *output        // of the keepalived starting or started last
-	done   chan struct{}  // closed once the exit of the keepalived started last was handled
-	state  driver.State
-	subs   map[chan driver.Event]struct{}
-	closed bool
-	fifo   *os.File
+	mu       sync.Mutex
+	cfg      *driver.Config // in force, normalized; nil before the first Apply
+	out      *output        // of the keepalived starting or started last
+	done     chan struct{}  // closed once the exit of the keepalived started last was handled
+	state    driver.State
+	watchers *fanout.Hub[driver.Event]
+	closed   bool
+	fifo     *os.File
 }
 
 // output is a keepalived's output: the pipe's read end, and a channel
@@ -161,7 +162,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	}
 	d := &Driver{dir: dir, bin: cmpOr(opts.Binary, DefaultBinary), busybox: cmpOr(opts.BusyBox, DefaultBusyBox),
 		events: opts.TrackProcessEvents, log: opts.Logger, cmd: opts.Command, nl: opts.Handle, now: opts.Now,
-		state: driver.Stopped, subs: map[chan driver.Event]struct{}{}}
+		state: driver.Stopped, watchers: fanout.New[driver.Event](fanout.DefaultBuffer)}
 	if err := confpath.Plain("busybox", d.busybox); err != nil {
 		return nil, err
 	}
@@ -507,27 +508,14 @@ func (d *Driver) setState(st driver.State, detail string) {
 	d.emit(driver.Event{Kind: driver.StateChanged, State: st, Detail: detail})
 }
 
-// emit sends ev to every watcher, dropping a slow watcher's oldest event.
-// Called with d.mu held.
+// emit sends ev to every watcher (package fanout: a slow one loses its
+// oldest events). Called with d.mu held.
 func (d *Driver) emit(ev driver.Event) {
 	ev.Time = d.now()
 	if d.cfg != nil {
 		ev.Group = d.cfg.Name
 	}
-	for ch := range d.subs {
-		for {
-			select {
-			case ch <- ev:
-			default:
-				select {
-				case <-ch:
-				default:
-				}
-				continue
-			}
-			break
-		}
-	}
+	d.watchers.Publish(ev)
 }
 
 // Watch implements driver.Driver.
@@ -537,18 +525,7 @@ func (d *Driver) Watch(ctx context.Context) (<-chan driver.Event, error) {
 	if d.closed {
 		return nil, errcode.New(errcode.FailedPrecondition, "driver is closed")
 	}
-	ch := make(chan driver.Event, 64)
-	d.subs[ch] = struct{}{}
-	go func() {
-		<-ctx.Done()
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if _, ok := d.subs[ch]; ok {
-			delete(d.subs, ch)
-			close(ch)
-		}
-	}()
-	return ch, nil
+	return d.watchers.Subscribe(ctx)
 }
 
 // Status implements driver.Driver.
@@ -606,10 +583,7 @@ func (d *Driver) Close() error {
 		d.removeOrphans(context.Background(), d.cfg)
 	}
 	d.state = driver.Stopped
-	for ch := range d.subs {
-		delete(d.subs, ch)
-		close(ch)
-	}
+	d.watchers.Close()
 	if d.fifo != nil {
 		d.fifo.Close()
 	}
