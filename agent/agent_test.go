@@ -178,7 +178,7 @@ func TestMutualTLSRefusals(t *testing.T) {
 		cert *tls.Certificate
 	}{
 		{"no certificate", nil},
-		{"another pki.CA", &other.client.Cert},
+		{"another CA", &other.client.Cert},
 		{"expired", &expired.Cert},
 		{"server usage only", &serverOnly.Cert},
 	} {
@@ -201,7 +201,7 @@ func TestMutualTLSRefusals(t *testing.T) {
 		t.Fatalf("the agent served %d calls to refused clients:\n%s", n, cl.serverLog)
 	}
 
-	t.Run("server from another pki.CA", func(t *testing.T) {
+	t.Run("server from another CA", func(t *testing.T) {
 		_, err := Dial(context.Background(), other.serve(t, memServer(t)), cl.client, nil)
 		if !errors.Is(err, errcode.PermissionDenied) {
 			t.Fatalf("Dial to an agent of another CA: got %v, want PermissionDenied", err)
@@ -222,12 +222,7 @@ func TestMutualTLSRefusals(t *testing.T) {
 
 func TestUnreachable(t *testing.T) {
 	cl := newCluster(t, nil)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := closedPort(t)
 	if _, err := Dial(context.Background(), addr, cl.client, nil); !errors.Is(err, errcode.Unavailable) {
 		t.Fatalf("Dial to a closed port: got %v, want Unavailable", err)
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/freeport"
 )
 
 // moverData is the size of /root/data in the container withMover makes.
@@ -179,13 +179,7 @@ func TestTransferRejectsBadInput(t *testing.T) {
 
 // closedPort returns a loopback address nothing listens on.
 func closedPort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
+	return freeport.Reserve(t, "127.0.0.1").Addr()
 }
 
 // failingImport's Import fails after reading part of the stream, as a
@@ -270,7 +264,7 @@ func TestTransferRefusesForeignAgents(t *testing.T) {
 	// finished its handshake, so the client sees an alert or a closed
 	// connection, whichever comes first: the code is not checked.
 	if _, err := rogueClient.Pull(ctx, src.Endpoint(), "mover", "", nil); err == nil {
-		t.Error("pull by an agent of another pki.CA succeeded")
+		t.Error("pull by an agent of another CA succeeded")
 	}
 	if strings.Contains(cl.serverLog.String(), "peer=rogue") {
 		t.Errorf("the cluster's agent served the rogue agent:\n%s", cl.serverLog)
