@@ -2,18 +2,13 @@ package haproxy_test
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -110,34 +105,14 @@ func TestTraffic(t *testing.T) {
 // and a reload and a runtime change go through its sockets.
 func TestDirWithSpaceServes(t *testing.T) {
 	roottest.Require(t, roottest.BinaryFrom("haproxy", "haproxy"))
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	defer backend.Close()
-	bport, _ := strconv.Atoi(backend.URL[strings.LastIndex(backend.URL, ":")+1:])
 	d := mustOpen(t, filepath.Join(shortDir(t), oddDir))
 	defer d.Close()
-	ca := drivertest.NewCA(t)
-	addr, port := drivertest.LoopbackBind(t)
-	cfg := &driver.Config{
-		Pools: []driver.Pool{{Name: "web", Servers: []driver.Server{{Name: "a", Address: "127.0.0.1", Port: uint16(bport)}}}},
-		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: addr, Port: port, DefaultPool: "web",
-			TLS: &driver.TLS{Certificates: []driver.Certificate{ca.Issue(t, "a", "a.example.test")}}}},
-	}
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "a.example.test"}}}
-	defer c.CloseIdleConnections()
-	// The frontend's address, once applied: another if that was taken meanwhile.
-	url := func() string { return fmt.Sprintf("https://%s:%d/", cfg.Frontends[0].Address, cfg.Frontends[0].Port) }
-	for _, change := range []func() error{
-		func() error { return drivertest.ApplyRebinding(t.Context(), t, d, cfg, drivertest.LoopbackBind) },
-		func() error { return d.SetWeight(t.Context(), "web", "a", 3) },                                     // runtime API (stats socket)
-		func() error { cfg.Pools[0].Algorithm = driver.LeastConnections; return d.Apply(t.Context(), cfg) }, // reload (master socket)
-	} {
-		if err := change(); err != nil {
-			t.Fatal(err)
-		}
-		if body, err := drivertest.Get(c, url()); err != nil || body != "ok" {
-			t.Fatalf("GET %s = %q, %v", url(), body, err)
-		}
-	}
+	drivertest.ServesTLS(t, d,
+		func(*driver.Config) error { return d.SetWeight(t.Context(), "web", "a", 3) }, // runtime API (stats socket)
+		func(cfg *driver.Config) error { // reload (master socket)
+			cfg.Pools[0].Algorithm = driver.LeastConnections
+			return d.Apply(t.Context(), cfg)
+		})
 	if d.Reloads() != 2 {
 		t.Fatalf("%d starts and reloads, want 2", d.Reloads())
 	}
@@ -148,9 +123,7 @@ func TestDirWithSpaceServes(t *testing.T) {
 // reports it, keeps the old configuration and recovers.
 func TestReloadFailureDetected(t *testing.T) {
 	roottest.Require(t, roottest.BinaryFrom("haproxy", "haproxy"))
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	defer backend.Close()
-	bport, _ := strconv.Atoi(backend.URL[strings.LastIndex(backend.URL, ":")+1:])
+	bport := drivertest.OKBackend(t)
 	d, err := haproxy.Open(t.Context(), filepath.Join(shortDir(t), "lb"), &haproxy.Options{
 		Listen: func(string, string) (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") },
 	})

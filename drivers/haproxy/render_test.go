@@ -1,8 +1,10 @@
 package haproxy_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,7 +145,7 @@ func FuzzRender(f *testing.F) {
 	f.Fuzz(func(t *testing.T, name, host, path, hn, hv, addr string, n uint8, dir string) {
 		cfg := drivertest.FuzzConfig(name, host, path, hn, hv, addr, n)
 		if n&4 != 0 {
-			cfg.Frontends[0].TLS = &driver.TLS{Certificates: []driver.Certificate{fuzzCert}}
+			cfg.Frontends[0].TLS = &driver.TLS{Certificates: []driver.Certificate{drivertest.FuzzCert()}}
 		}
 		r, err := haproxy.Render(cfg, dir)
 		if err != nil {
@@ -173,54 +175,30 @@ func FuzzRender(f *testing.F) {
 	})
 }
 
-// fuzzCert is a valid certificate for FuzzRender's TLS frontends.
-var fuzzCert = func() driver.Certificate {
-	for _, f := range drivertest.GoldenConfigs()["tls"].Frontends {
-		if f.TLS != nil {
-			return f.TLS.Certificates[0]
-		}
-	}
-	panic("the tls golden config has no certificate")
-}()
-
-// badDirs are instance directories that Open and Render refuse: each would
-// add a directive, end a quoted string or split the master socket's
-// command-line argument.
-func badDirs(base string) []string {
-	return []string{
-		base + "/lb\n    stats socket /tmp/x.sock level admin",
-		base + "/lb\r",
-		base + "/lb\x00",
-		base + "/lb\u2028", // a line separator
-		base + "/lb\u202e", // a bidirectional override
-		base + "/\xff",
-		base + "/lb$HOME",
-		base + "/lb,level,user",
-	}
-}
-
-// TestBadDirsRejected: Open refuses such a directory, naming it, and
+// TestBadDirsRejected: Open refuses a hostile directory, naming it, and
 // creates nothing; Render refuses it (and a relative one) without output.
 func TestBadDirsRejected(t *testing.T) {
 	base := t.TempDir()
 	cfg := drivertest.GoldenConfigs()["tls"]
-	for _, dir := range append(badDirs(base), "lb", "/tmp/../lb") {
-		if r, err := haproxy.Render(cfg, dir); !errors.Is(err, errcode.InvalidArgument) || r != nil {
-			t.Errorf("Render with dir %q = %v, %v; want InvalidArgument", dir, r, err)
-		}
-	}
-	for _, dir := range badDirs(base) {
-		d, err := haproxy.Open(t.Context(), dir, nil)
-		if !errors.Is(err, errcode.InvalidArgument) || !strings.Contains(err.Error(), fmt.Sprintf("instance directory %.80q", dir)) {
-			t.Errorf("Open(%q) = %v, want InvalidArgument naming the directory", dir, err)
-		}
-		if d != nil {
-			d.Close()
-		}
-	}
-	if entries, _ := os.ReadDir(base); len(entries) != 0 {
-		t.Errorf("Open created %s", entries[0].Name())
-	}
+	dirs := append(drivertest.HostileDirs(base),
+		base+"/lb\n    stats socket /tmp/x.sock level admin", // a directive
+		base+"/lb,level,user",                                // splits the master socket's argument
+	)
+	drivertest.RunBadDirTests(t, base, dirs,
+		func(dir string) error {
+			r, err := haproxy.Render(cfg, dir)
+			if r != nil && err != nil {
+				return fmt.Errorf("output with the error %v", err) // no code: a failure
+			}
+			return err
+		},
+		func(ctx context.Context, dir string) (io.Closer, error) {
+			d, err := haproxy.Open(ctx, dir, nil)
+			if err != nil {
+				return nil, err
+			}
+			return d, nil
+		})
 }
 
 func TestRenderRejectsMisplacedSnippets(t *testing.T) {

@@ -2,17 +2,12 @@ package nginx_test
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -91,34 +86,15 @@ func BenchmarkAddServer(b *testing.B) {
 // and a reload goes through.
 func TestDirWithSpaceServes(t *testing.T) {
 	roottest.Require(t, roottest.BinaryFrom("nginx", "nginx-light"))
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	defer backend.Close()
-	bport, _ := strconv.Atoi(backend.URL[strings.LastIndex(backend.URL, ":")+1:])
 	d, err := nginx.Open(t.Context(), filepath.Join(t.TempDir(), oddDir), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	ca := drivertest.NewCA(t)
-	addr, port := drivertest.LoopbackBind(t)
-	cfg := &driver.Config{
-		Pools: []driver.Pool{{Name: "web", Servers: []driver.Server{{Name: "a", Address: "127.0.0.1", Port: uint16(bport)}}}},
-		Frontends: []driver.Frontend{{Name: "www", Protocol: driver.HTTP, Address: addr, Port: port, DefaultPool: "web",
-			TLS: &driver.TLS{Certificates: []driver.Certificate{ca.Issue(t, "a", "a.example.test")}}}},
-	}
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "a.example.test"}}}
-	defer c.CloseIdleConnections()
-	// The frontend's address, once applied: another if that was taken meanwhile.
-	url := func() string { return fmt.Sprintf("https://%s:%d/", cfg.Frontends[0].Address, cfg.Frontends[0].Port) }
-	for _, weight := range []int{1, 3} { // a start, then a reload
-		cfg.Pools[0].Servers[0].Weight = weight
-		if err := drivertest.ApplyRebinding(t.Context(), t, d, cfg, drivertest.LoopbackBind); err != nil {
-			t.Fatal(err)
-		}
-		if body, err := drivertest.Get(c, url()); err != nil || body != "ok" {
-			t.Fatalf("GET %s = %q, %v", url(), body, err)
-		}
-	}
+	drivertest.ServesTLS(t, d, func(cfg *driver.Config) error { // a reload
+		cfg.Pools[0].Servers[0].Weight = 3
+		return d.Apply(t.Context(), cfg)
+	})
 	if d.Reloads() != 2 {
 		t.Fatalf("%d starts and reloads, want 2", d.Reloads())
 	}
@@ -131,9 +107,7 @@ func TestDirWithSpaceServes(t *testing.T) {
 func TestReloadFailureDetected(t *testing.T) {
 	roottest.Require(t, roottest.BinaryFrom("nginx", "nginx-light"))
 	h := testhost.New(t, 1).Hosts[0]
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	defer backend.Close()
-	bport, _ := strconv.Atoi(backend.URL[strings.LastIndex(backend.URL, ":")+1:])
+	bport := drivertest.OKBackend(t)
 	d, err := nginx.Open(t.Context(), t.TempDir(), &nginx.Options{
 		Command: func(name string, args ...string) *exec.Cmd {
 			if slices.Contains(args, "-t") {
