@@ -48,6 +48,11 @@ type cluster struct {
 	balancers     *Balancers                          // served by serve
 	floating      *FloatingIPs                        // served by serve
 	discovery     discdriver.Driver                   // served by serve
+
+	// serverLogLevel is the level of the records serverLog keeps: Debug
+	// if nil. handshakeLogInterval is the servers' HandshakeLogInterval.
+	serverLogLevel       slog.Leveler
+	handshakeLogInterval time.Duration
 }
 
 func newCluster(t testing.TB, opts *pki.CAOptions) *cluster {
@@ -96,7 +101,11 @@ func (cl *cluster) serveUntil(t testing.TB, ctx context.Context, d driver.Driver
 	if cl.discovery != nil {
 		services = append(services, DiscoveryService("memory", cl.discovery))
 	}
-	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.logger(), ShutdownTimeout: time.Second, Services: services})
+	level := cl.serverLogLevel
+	if level == nil {
+		level = slog.LevelDebug
+	}
+	srv := NewServer(cl.agent, d, &ServerOptions{Logger: cl.serverLog.loggerAt(level), ShutdownTimeout: time.Second, Services: services, HandshakeLogInterval: cl.handshakeLogInterval})
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
 		cancel()
@@ -620,6 +629,9 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
-func (l *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+func (l *logBuffer) logger() *slog.Logger { return l.loggerAt(slog.LevelDebug) }
+
+// loggerAt returns a logger into l that keeps records at level or above.
+func (l *logBuffer) loggerAt(level slog.Leveler) *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: level}))
 }

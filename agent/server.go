@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -29,8 +30,15 @@ import (
 // ServerOptions configure a Server. The zero value is usable.
 type ServerOptions struct {
 	// Logger receives a record per call (debug for reads, info for
-	// changes, with the caller's certificate name); nil discards.
+	// changes, with the caller's certificate name), an "agent audit"
+	// record at info as every export, import, push, pull and exec (and
+	// image upload and download) begins, and failed TLS handshakes at
+	// warn, at most one record per HandshakeLogInterval; nil discards.
 	Logger *slog.Logger
+	// HandshakeLogInterval is how often at most failed TLS handshakes are
+	// logged: the first at once, then a summary an interval with their
+	// count and the last one's source. Default 1 minute.
+	HandshakeLogInterval time.Duration
 	// ShutdownTimeout bounds how long Serve lets calls in flight finish
 	// once its context is done; then they are cancelled. Default 10s.
 	ShutdownTimeout time.Duration
@@ -48,6 +56,8 @@ type Server struct {
 	log      *slog.Logger
 	shutdown time.Duration
 	handler  http.Handler
+	// handshakeLog is ServerOptions.HandshakeLogInterval (0: the default).
+	handshakeLog time.Duration
 }
 
 // NewServer returns a Server that serves d with creds. d's optional
@@ -62,6 +72,7 @@ func NewServer(creds *pki.Credentials, d driver.Driver, opts *ServerOptions) *Se
 		if opts.Logger != nil {
 			s.log = opts.Logger
 		}
+		s.handshakeLog = opts.HandshakeLogInterval
 		if opts.ShutdownTimeout > 0 {
 			s.shutdown = opts.ShutdownTimeout
 		}
@@ -80,6 +91,8 @@ func NewServer(creds *pki.Credentials, d driver.Driver, opts *ServerOptions) *Se
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	var protocols http.Protocols
 	protocols.SetHTTP2(true)
+	handshakes := newHandshakeLog(s.log, s.handshakeLog)
+	defer handshakes.close()
 	srv := &http.Server{
 		TLSConfig: &tls.Config{
 			MinVersion:   tls.VersionTLS13,
@@ -92,7 +105,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		// connection, so that their calls are cancelled.
 		HTTP2:             &http.HTTP2Config{SendPingTimeout: 30 * time.Second},
 		ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ErrorLog:          log.New(handshakes, "", 0),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	// Serve returns only once every call has: the driver is then idle.
@@ -128,20 +141,17 @@ func (s *Server) logged(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		began := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+		r, note := noting(r)
 		h.ServeHTTP(rec, r)
 		level := slog.LevelInfo
 		switch {
 		case rec.status >= 500 && rec.status != http.StatusNotImplemented:
 			level = slog.LevelWarn
-		case r.Method == http.MethodGet:
+		case r.Method == http.MethodGet && !note.audited:
 			level = slog.LevelDebug
 		}
-		peer := ""
-		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			peer = r.TLS.PeerCertificates[0].Subject.CommonName
-		}
 		s.log.Log(r.Context(), level, "agent call", "method", r.Method, "path", r.URL.Path,
-			"peer", peer, "status", rec.status, "duration", time.Since(began))
+			"peer", peerName(r), "status", rec.status, "duration", time.Since(began))
 	})
 }
 
@@ -211,7 +221,7 @@ func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 	route("POST /v1/containers/{name}/unfreeze", reply(func(r *http.Request) (any, error) {
 		return nil, d.Unfreeze(r.Context(), r.PathValue("name"))
 	}))
-	route("POST /v1/containers/{name}/exec", func(w http.ResponseWriter, r *http.Request) { serveExec(w, r, d) })
+	route("POST /v1/containers/{name}/exec", func(w http.ResponseWriter, r *http.Request) { s.serveExec(w, r, d) })
 
 	if sn, ok := d.(driver.Snapshotter); ok {
 		route("POST /v1/containers/{name}/snapshots/{snapshot}", reply(func(r *http.Request) (any, error) {
@@ -229,22 +239,24 @@ func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 	}
 	if t, ok := d.(driver.Transferer); ok {
 		route("GET /v1/containers/{name}/export", func(w http.ResponseWriter, r *http.Request) {
+			s.audit(r, "export")
 			streamResponse(w, func(w io.Writer) error { return t.Export(r.Context(), r.PathValue("name"), w) })
 		})
 		// The name, if given, renames the imported container.
 		importContainer := reply(func(r *http.Request) (*driver.Info, error) {
+			s.audit(r, "import")
 			return t.Import(r.Context(), requestStream{r.Body}, r.PathValue("name"))
 		})
 		route("POST /v1/import", importContainer)
 		route("POST /v1/import/{name}", importContainer)
 		route("POST /v1/containers/{name}/push", func(w http.ResponseWriter, r *http.Request) {
-			s.serveTransfer(w, r, func(ctx context.Context, peer *Client, rename string, progress func(int64)) (*driver.Info, error) {
+			s.serveTransfer(w, r, "push", func(ctx context.Context, peer *Client, rename string, progress func(int64)) (*driver.Info, error) {
 				return driver.Pipe(ctx, t, r.PathValue("name"), peer, rename, progress)
 			})
 		})
 		// The name is the container's on the peer.
 		route("POST /v1/pull/{name}", func(w http.ResponseWriter, r *http.Request) {
-			s.serveTransfer(w, r, func(ctx context.Context, peer *Client, rename string, progress func(int64)) (*driver.Info, error) {
+			s.serveTransfer(w, r, "pull", func(ctx context.Context, peer *Client, rename string, progress func(int64)) (*driver.Info, error) {
 				return driver.Pipe(ctx, peer, r.PathValue("name"), t, rename, progress)
 			})
 		})
@@ -261,6 +273,7 @@ func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 			if m.Digest != "" && (!strings.HasPrefix(m.Digest, "sha256:") || driver.ValidImageRef(m.Digest) != nil) {
 				return nil, errcode.New(errcode.InvalidArgument, "manifest digest %q is not sha256:<64 hex digits>", m.Digest)
 			}
+			s.audit(r, "image import")
 			return im.PutImage(r.Context(), &m, requestStream{r.Body})
 		}))
 		route("GET /v1/images", listReply(func(r *http.Request) ([]*image.Manifest, error) { return im.ListImages(r.Context()) }))
@@ -268,6 +281,7 @@ func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 			return im.Image(r.Context(), r.PathValue("ref"))
 		}))
 		route("GET /v1/images/{ref}/blob", func(w http.ResponseWriter, r *http.Request) {
+			s.audit(r, "image export")
 			m, blob, err := im.OpenImage(r.Context(), r.PathValue("ref"))
 			if err != nil {
 				wire.WriteError(w, err)
@@ -298,11 +312,11 @@ type stopRequest struct {
 	Timeout time.Duration `json:"timeout"`
 }
 
-// serveTransfer serves a push or a pull: it checks the request, dials the
-// peer agent with the server's own credentials, and runs pipe between the
-// two, cancelled if the caller goes away. Errors up to the dial are
-// ordinary error replies; then the reply streams transferFrames.
-func (s *Server) serveTransfer(w http.ResponseWriter, r *http.Request, pipe func(ctx context.Context, peer *Client, rename string, progress func(int64)) (*driver.Info, error)) {
+// serveTransfer serves a push or a pull (action): it checks the request,
+// dials the peer agent with the server's own credentials, and runs pipe
+// between the two, cancelled if the caller goes away. Errors up to the
+// dial are ordinary error replies; then the reply streams transferFrames.
+func (s *Server) serveTransfer(w http.ResponseWriter, r *http.Request, action string, pipe func(ctx context.Context, peer *Client, rename string, progress func(int64)) (*driver.Info, error)) {
 	var req transferRequest
 	if err := wire.DecodeBody(r, &req); err != nil {
 		wire.WriteError(w, err)
@@ -312,6 +326,7 @@ func (s *Server) serveTransfer(w http.ResponseWriter, r *http.Request, pipe func
 		wire.WriteError(w, err)
 		return
 	}
+	s.audit(r, action, "agent", req.Peer, "rename", req.Rename)
 	peer, err := Dial(r.Context(), req.Peer, s.creds, nil)
 	if err != nil {
 		wire.WriteError(w, fmt.Errorf("peer: %w", err))
@@ -507,7 +522,7 @@ func (s requestStream) Read(p []byte) (int, error) {
 // its output and exit status as frames. Output flows while stdin is still
 // arriving (HTTP/2 is full duplex); the request's context is the driver's,
 // so a client that goes away kills the process.
-func serveExec(w http.ResponseWriter, r *http.Request, d driver.Driver) {
+func (s *Server) serveExec(w http.ResponseWriter, r *http.Request, d driver.Driver) {
 	var p driver.Process
 	if err := headerJSON(r.Header, processHeader, &p); err != nil {
 		wire.WriteError(w, err)
@@ -517,6 +532,7 @@ func serveExec(w http.ResponseWriter, r *http.Request, d driver.Driver) {
 		wire.WriteError(w, errcode.New(errcode.InvalidArgument, "exec: no program given"))
 		return
 	}
+	s.audit(r, "exec", "program", p.Args[0])
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.WriteHeader(http.StatusOK)
