@@ -13,18 +13,17 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/musterkit/muster/agent/internal/wire"
@@ -35,42 +34,50 @@ import (
 // tokenPrefix starts every join token; the number is the token format's version.
 const tokenPrefix = "muster1"
 
-// Files of an Authority's directory.
-const (
-	tokensFile = "tokens.json"
-	tokensLock = "tokens.lock"
-)
+// maxTokenIPs bounds the IP addresses a join token binds.
+const maxTokenIPs = 32
 
 // AuthorityOptions configure an Authority. The zero value is usable.
 type AuthorityOptions struct {
-	// Dir, if set, keeps the outstanding tokens (hashes of their secrets
-	// and expiry times) in Dir/tokens.json, so that the processes that
+	// Dir, if set, keeps the outstanding tokens (hashes of their secrets,
+	// expiry times and what each admits) in Dir/tokens.json and the
+	// servers admitted in Dir/servers.json, so that the processes that
 	// make tokens and the one that serves joins share them. Otherwise
 	// they live in memory.
 	Dir string
 	// CertTTL is the lifetime of the certificates joins issue; default 1 year.
 	CertTTL time.Duration
-	// Logger records each token made and certificate issued; nil discards.
+	// Logger records each token made and certificate issued, and refused
+	// joins (rate-limited, see JoinLimits.WarnInterval); nil discards.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Limits bound what one client of the join service can hold open or
+	// try; zero fields mean their defaults.
+	Limits JoinLimits
 }
 
-// Authority admits servers to the cluster: it makes one-time join tokens
-// and, through its Handler, issues a certificate to whoever presents one.
+// Authority admits servers to the cluster: it makes one-time join tokens,
+// each bound to the name and IP addresses of one server, and, through its
+// Handler, issues a certificate for exactly those to whoever presents one.
+// It keeps a record of the servers it admitted and refuses a second
+// server of a name, unless the operator asked for a re-join.
 type Authority struct {
 	ca   *CA
 	opts AuthorityOptions
 	log  *slog.Logger
 
-	mu     sync.Mutex
-	tokens map[string]time.Time // when Dir is empty: expiry by hex SHA-256 of the secret
+	throttle *throttle
+	refusals *refusalLog
+
+	mu    sync.Mutex
+	state *joinState // when Dir is empty
 }
 
 // NewAuthority returns an Authority that issues certificates from ca.
 // opts may be nil.
 func NewAuthority(ca *CA, opts *AuthorityOptions) *Authority {
-	a := &Authority{ca: ca, log: slog.New(slog.DiscardHandler), tokens: map[string]time.Time{}}
+	a := &Authority{ca: ca, log: slog.New(slog.DiscardHandler), state: newJoinState()}
 	if opts != nil {
 		a.opts = *opts
 	}
@@ -83,87 +90,114 @@ func NewAuthority(ca *CA, opts *AuthorityOptions) *Authority {
 	if a.opts.Now == nil {
 		a.opts.Now = time.Now
 	}
+	a.opts.Limits = a.opts.Limits.withDefaults()
+	a.throttle = newThrottle(a.opts.Limits.FailureBurst, a.opts.Limits.FailureRefill)
+	a.refusals = newRefusalLog(a.log, a.opts.Limits.WarnInterval, a.opts.Now)
 	return a
 }
 
-// NewToken returns a join token valid once, for ttl:
-// "muster1.<secret>.<CA fingerprint>". Only a hash of the secret is kept.
-func (a *Authority) NewToken(ttl time.Duration) (string, error) {
+// TokenOptions say what a join token admits besides its server's name.
+type TokenOptions struct {
+	// IPs are the addresses the server's certificate names: a join with
+	// the token must ask for exactly these. None means a certificate that
+	// names no address (its server is reached by name). Unspecified,
+	// broadcast and multicast addresses are refused.
+	IPs []netip.Addr
+	// Rejoin makes the token for a server that has already joined, to
+	// give it a new certificate (a lost key or state directory, a new
+	// address). Without it a token for a name already admitted is refused,
+	// so that a new server cannot take an existing one's identity.
+	Rejoin bool
+}
+
+// NewToken returns a join token valid once, for ttl, for the server name
+// (a DNS label): "muster1.<secret>.<CA fingerprint>". Only a hash of the
+// secret is kept, with the name and what opts say. opts may be nil.
+//
+// A name already admitted is errcode.AlreadyExists unless opts.Rejoin is
+// set; a re-join of a name never admitted is errcode.NotFound; a bad
+// name, ttl or address is errcode.InvalidArgument.
+func (a *Authority) NewToken(name string, ttl time.Duration, opts *TokenOptions) (string, error) {
+	var o TokenOptions
+	if opts != nil {
+		o = *opts
+	}
+	if err := names.Label(name); err != nil {
+		return "", fmt.Errorf("new token: server name: %w", err)
+	}
 	if ttl <= 0 {
-		return "", errcode.New(errcode.InvalidArgument, "new token: ttl must be positive")
+		return "", errcode.New(errcode.InvalidArgument, "new token for %q: ttl must be positive", name)
+	}
+	ips, err := sanAddrs(o.IPs)
+	if err != nil {
+		return "", fmt.Errorf("new token for %q: %w", name, err)
 	}
 	secret := make([]byte, 32)
 	rand.Read(secret)
 	expiry := a.opts.Now().Add(ttl)
-	err := a.updateTokens(func(tokens map[string]time.Time) error {
-		tokens[tokenHash(secret)] = expiry
+	err = a.update(func(st *joinState) error {
+		srv, joined := st.servers[name]
+		switch {
+		case joined && !o.Rejoin:
+			return errcode.New(errcode.AlreadyExists,
+				"new token: server %q has already joined this cluster (certificate serial %s, issued %s); "+
+					"to give it a new certificate, make a re-join token (TokenOptions.Rejoin, muster-agent token --rejoin)",
+				name, srv.Serial, srv.Issued.Format(time.RFC3339))
+		case !joined && o.Rejoin:
+			return errcode.New(errcode.NotFound,
+				"new token: server %q has not joined this cluster, so it cannot re-join; make a token without --rejoin", name)
+		}
+		st.tokens[tokenHash(secret)] = tokenRecord{Expires: expiry, Name: name, IPs: ips, Rejoin: o.Rejoin}
 		return nil
 	})
 	if err != nil {
 		return "", err
 	}
-	a.log.Info("join token made", "expires", expiry)
+	a.log.Info("join token made", "name", name, "ips", ips, "rejoin", o.Rejoin, "expires", expiry)
 	return strings.Join([]string{tokenPrefix, base64.RawURLEncoding.EncodeToString(secret), a.ca.Fingerprint()}, "."), nil
 }
 
-// redeem consumes token. Unknown, expired, reused and malformed tokens,
-// and tokens pinning another CA, are errcode.PermissionDenied.
-func (a *Authority) redeem(token string) error {
-	secret, pin, err := parseToken(token)
-	if err != nil {
-		return errcode.Wrap(errcode.PermissionDenied, err)
+// sanAddr checks that ip may be named in a certificate: a valid address
+// without a zone that names one host, so not unspecified (0.0.0.0, ::),
+// the limited broadcast address or a multicast group. An IPv4-mapped IPv6
+// address is taken as its IPv4 address.
+func sanAddr(ip netip.Addr) (netip.Addr, error) {
+	ip = ip.Unmap()
+	var why string
+	switch {
+	case !ip.IsValid():
+		return ip, errcode.New(errcode.InvalidArgument, "invalid IP address %q", ip)
+	case ip.Zone() != "":
+		why = "has a zone"
+	case ip.IsUnspecified():
+		why = "is unspecified: it names no server"
+	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		why = "is the broadcast address"
+	case ip.IsMulticast():
+		why = "is a multicast group"
+	default:
+		return ip, nil
 	}
-	if subtle.ConstantTimeCompare([]byte(pin), []byte(a.ca.Fingerprint())) != 1 {
-		return errcode.New(errcode.PermissionDenied, "the join token pins another CA")
-	}
-	return a.updateTokens(func(tokens map[string]time.Time) error {
-		h := tokenHash(secret)
-		if _, ok := tokens[h]; !ok {
-			return errcode.New(errcode.PermissionDenied, "the join token is unknown, expired or used")
-		}
-		delete(tokens, h)
-		return nil
-	})
+	return ip, errcode.New(errcode.InvalidArgument,
+		"IP address %s %s; a certificate names the addresses its server is reached at", ip, why)
 }
 
-// updateTokens runs f on the outstanding tokens, expired ones removed, and
-// keeps what f leaves if it succeeds. With a Dir, a file lock serializes
-// it with other processes.
-func (a *Authority) updateTokens(f func(map[string]time.Time) error) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	now := a.opts.Now()
-	if a.opts.Dir == "" {
-		maps.DeleteFunc(a.tokens, func(_ string, exp time.Time) bool { return !now.Before(exp) })
-		return f(a.tokens)
+// sanAddrs checks ips with sanAddr and returns them sorted, without
+// duplicates.
+func sanAddrs(ips []netip.Addr) ([]netip.Addr, error) {
+	if len(ips) > maxTokenIPs {
+		return nil, errcode.New(errcode.InvalidArgument, "%d IP addresses; at most %d", len(ips), maxTokenIPs)
 	}
-	lock, err := os.OpenFile(filepath.Join(a.opts.Dir, tokensLock), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	defer lock.Close() // releases the lock
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return err
-	}
-	tokens := map[string]time.Time{}
-	data, err := os.ReadFile(filepath.Join(a.opts.Dir, tokensFile))
-	switch {
-	case err == nil:
-		if err := json.Unmarshal(data, &tokens); err != nil {
-			return errcode.New(errcode.Internal, "%s: %w", tokensFile, err)
+	out := make([]netip.Addr, 0, len(ips))
+	for _, ip := range ips {
+		a, err := sanAddr(ip)
+		if err != nil {
+			return nil, err
 		}
-	case !errors.Is(err, os.ErrNotExist):
-		return err
+		out = append(out, a)
 	}
-	maps.DeleteFunc(tokens, func(_ string, exp time.Time) bool { return !now.Before(exp) })
-	if err := f(tokens); err != nil {
-		return err
-	}
-	data, err = json.Marshal(tokens)
-	if err != nil {
-		return err
-	}
-	return writeFileAtomic(filepath.Join(a.opts.Dir, tokensFile), data, 0o600)
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out), nil
 }
 
 func tokenHash(secret []byte) string {
@@ -201,22 +235,30 @@ type joinReply struct {
 // Handler answers POST requests (at whatever path it is mounted) of
 // joining servers. Serve it over TLS with a certificate from the
 // Authority's CA: joining servers check that it chains to the CA their
-// token pins. It needs no client certificate.
+// token pins. It needs no client certificate. Serve mounts it with the
+// connection limits; mounted elsewhere, it still bounds the request body,
+// throttles failed joins per source and rate-limits their WARN lines.
+//
+// A refused join is errcode.PermissionDenied (a token unknown, spent,
+// expired or made for another name or other addresses; a name already
+// admitted; a source throttled after too many failures) or
+// errcode.InvalidArgument (a malformed request). Its connection is closed
+// after the reply.
 func (a *Authority) Handler() http.Handler {
+	lim := a.opts.Limits
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			wire.WriteError(w, errcode.New(errcode.InvalidArgument, "join with POST, not %s", r.Method))
+		src := sourceOf(r.RemoteAddr)
+		if wait := a.throttle.wait(src, a.opts.Now()); wait > 0 {
+			wait = wait.Round(time.Second) + time.Second
+			err := errcode.New(errcode.PermissionDenied, "too many failed joins from %s; try again in %v", src, wait)
+			w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
+			a.refuse(w, r, true, err)
 			return
 		}
-		var req joinRequest
-		if err := wire.DecodeBody(r, &req); err != nil {
-			wire.WriteError(w, err)
-			return
-		}
-		leaf, err := a.join(&req)
+		leaf, err := a.serveJoin(r, lim.MaxBody)
 		if err != nil {
-			a.log.Warn("join refused", "remote", r.RemoteAddr, "err", err)
-			wire.WriteError(w, err)
+			a.throttle.fail(src, a.opts.Now())
+			a.refuse(w, r, false, err)
 			return
 		}
 		a.log.Info("join: certificate issued", "remote", r.RemoteAddr, "name", leaf.Subject.CommonName,
@@ -225,7 +267,51 @@ func (a *Authority) Handler() http.Handler {
 	})
 }
 
-// join checks the request's CSR, redeems its token and signs the CSR.
+// serveJoin reads a join request of at most maxBody bytes and answers it.
+func (a *Authority) serveJoin(r *http.Request, maxBody int64) (*x509.Certificate, error) {
+	if r.Method != http.MethodPost {
+		return nil, errcode.New(errcode.InvalidArgument, "join with POST, not %s", r.Method)
+	}
+	tooLarge := errcode.New(errcode.InvalidArgument, "%w", &bodyTooLargeError{maxBody})
+	if r.ContentLength > maxBody {
+		return nil, tooLarge
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return nil, errcode.New(errcode.InvalidArgument, "reading the join request: %w", err)
+	}
+	if int64(len(body)) > maxBody {
+		return nil, tooLarge
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	var req joinRequest
+	if err := wire.DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	return a.join(&req)
+}
+
+// bodyTooLargeError is a join request over JoinLimits.MaxBody.
+type bodyTooLargeError struct{ max int64 }
+
+func (e *bodyTooLargeError) Error() string {
+	return fmt.Sprintf("join request body over %d bytes; a join sends about 1 KiB", e.max)
+}
+
+// refuse answers a refused join and closes its connection after the
+// reply, so that each further try costs a new TLS handshake.
+func (a *Authority) refuse(w http.ResponseWriter, r *http.Request, throttled bool, err error) {
+	a.refusals.refused(r.RemoteAddr, throttled, err)
+	w.Header().Set("Connection", "close")
+	if _, ok := errors.AsType[*bodyTooLargeError](err); ok {
+		wire.WriteJSON(w, http.StatusRequestEntityTooLarge, wire.StatusOf(err))
+		return
+	}
+	wire.WriteError(w, err)
+}
+
+// join checks the request's CSR against its token, and if the token
+// admits it, spends the token, records the server and signs the CSR.
 func (a *Authority) join(req *joinRequest) (*x509.Certificate, error) {
 	csr, err := x509.ParseCertificateRequest(req.CSR)
 	if err == nil {
@@ -236,7 +322,7 @@ func (a *Authority) join(req *joinRequest) (*x509.Certificate, error) {
 	}
 	name := csr.Subject.CommonName
 	if err := names.Label(name); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("join: server name: %w", err)
 	}
 	if len(csr.DNSNames) > 1 || len(csr.DNSNames) == 1 && csr.DNSNames[0] != name ||
 		len(csr.EmailAddresses)+len(csr.URIs) > 0 {
@@ -248,22 +334,75 @@ func (a *Authority) join(req *joinRequest) (*x509.Certificate, error) {
 		if !ok {
 			return nil, errcode.New(errcode.InvalidArgument, "join: bad IP address %v", ip)
 		}
-		ips = append(ips, addr.Unmap())
+		ips = append(ips, addr)
 	}
-	if err := a.redeem(req.Token); err != nil {
+	if ips, err = sanAddrs(ips); err != nil {
+		return nil, fmt.Errorf("join as %q: %w", name, err)
+	}
+	secret, pin, err := parseToken(req.Token)
+	if err != nil {
+		return nil, errcode.Wrap(errcode.PermissionDenied, err)
+	}
+	if subtle.ConstantTimeCompare([]byte(pin), []byte(a.ca.Fingerprint())) != 1 {
+		return nil, errcode.New(errcode.PermissionDenied, "the join token pins another CA")
+	}
+	var leaf *x509.Certificate
+	err = a.update(func(st *joinState) error {
+		h := tokenHash(secret)
+		tok, ok := st.tokens[h]
+		if !ok {
+			return errcode.New(errcode.PermissionDenied, "the join token is unknown, expired or used")
+		}
+		if err := tok.admits(name, ips); err != nil {
+			return err
+		}
+		if srv, joined := st.servers[name]; joined && !tok.Rejoin {
+			return errcode.New(errcode.PermissionDenied,
+				"join: server %q has already joined this cluster (certificate serial %s, issued %s); "+
+					"another server may not take its name: a new certificate for it needs a re-join token (muster-agent token --rejoin)",
+				name, srv.Serial, srv.Issued.Format(time.RFC3339))
+		}
+		now := a.opts.Now()
+		var err error
+		leaf, err = a.ca.sign(csr.PublicKey, name, ips, now.Add(-clockSkew), now.Add(a.opts.CertTTL), UsageAgent)
+		if err != nil {
+			return err
+		}
+		delete(st.tokens, h)
+		st.servers[name] = serverRecord{IPs: ips, Serial: leaf.SerialNumber.Text(16), Issued: now, Expires: leaf.NotAfter}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	now := a.opts.Now()
-	return a.ca.sign(csr.PublicKey, name, ips, now.Add(-clockSkew), now.Add(a.opts.CertTTL), UsageAgent)
+	return leaf, nil
+}
+
+// admits checks that the token was made for name and exactly ips (sorted,
+// without duplicates).
+func (t tokenRecord) admits(name string, ips []netip.Addr) error {
+	if name != t.Name {
+		return errcode.New(errcode.PermissionDenied,
+			"the join token was made for server %q, not %q: join as %q, or make a token for %q", t.Name, name, t.Name, name)
+	}
+	if !slices.Equal(ips, t.IPs) {
+		return errcode.New(errcode.PermissionDenied,
+			"the join token for %q was made for IP addresses %v, and the request asks for %v: join with exactly %v, or make a token for these",
+			name, t.IPs, ips, t.IPs)
+	}
+	return nil
 }
 
 // Join admits this server to a cluster: it generates a key, sends a
 // certificate request for name and ips with token to the Authority's
-// handler at joinURL, and returns the credentials issued. It talks only to
-// a server whose certificate chains to the CA the token pins, so the
-// token goes nowhere else; the private key never leaves this process.
-// A refused token, or a server outside the pinned CA, is
-// errcode.PermissionDenied.
+// handler at joinURL, and returns the credentials issued. name and ips
+// must be those the token was made for (Authority.NewToken), in any
+// order. It talks only to a server whose certificate chains to the CA the
+// token pins, so the token goes nowhere else; the private key never leaves
+// this process. A refused join (a token unknown, spent, expired or made
+// for another name or other addresses; a name already in the cluster), or
+// a server outside the pinned CA, is errcode.PermissionDenied; a malformed
+// token, name or address is errcode.InvalidArgument.
 func Join(ctx context.Context, joinURL, token, name string, ips []netip.Addr) (*Credentials, error) {
 	_, pin, err := parseToken(token)
 	if err != nil {
@@ -277,10 +416,10 @@ func Join(ctx context.Context, joinURL, token, name string, ips []netip.Addr) (*
 		return nil, err
 	}
 	tmpl := &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}, DNSNames: []string{name}}
+	if ips, err = sanAddrs(ips); err != nil {
+		return nil, fmt.Errorf("join as %q: %w", name, err)
+	}
 	for _, ip := range ips {
-		if !ip.IsValid() || ip.Zone() != "" {
-			return nil, errcode.New(errcode.InvalidArgument, "join: invalid IP address %q", ip)
-		}
 		tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.AsSlice()))
 	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)

@@ -1,11 +1,12 @@
 // Command demo runs Muster's main job on one machine. As root it builds
 // three simulated servers (network namespaces), runs a real muster-agent
 // with the LXC driver on each, joins them to a cluster with one-time
-// tokens, builds the offline busybox base image and distributes it,
-// creates and starts containers across the servers, execs in one, moves a
-// running container to another server, prints a cluster-wide table, and
-// cleans everything up. Without root it says what it needs and runs the
-// same flow on in-memory servers.
+// tokens (each bound to its server's name and address, and passed in a
+// file, never on the command line), builds the offline busybox base
+// image and distributes it, creates and starts containers across the
+// servers, execs in one, moves a running container to another server,
+// prints a cluster-wide table, and cleans everything up. Without root it
+// says what it needs and runs the same flow on in-memory servers.
 //
 //	demo -agent bin/muster-agent
 package main
@@ -116,7 +117,7 @@ func servers(ctx context.Context, agentBin string) (*env, func() error, error) {
 		return nil, nil, err
 	}
 	for _, s := range f.Servers {
-		fmt.Printf("  %s  namespace %-14s agent https://%s (joined with a one-time token)\n", s.Name, s.Host.Netns, s.Addr)
+		fmt.Printf("  %s  namespace %-14s agent https://%s (joined with a one-time token bound to its name and address)\n", s.Name, s.Host.Netns, s.Addr)
 		if err := fabric.AddServer(ctx, s.Name, s.Client, s.Host.Addr); err != nil {
 			return nil, nil, errors.Join(err, f.Close())
 		}

@@ -3,9 +3,17 @@
 //
 //	muster-agent ca init --dir /etc/muster/ca            # once, on the admin host
 //	muster-agent join-server --dir /etc/muster/ca --listen :7443
-//	muster-agent token --dir /etc/muster/ca --ttl 1h     # one per new server
+//	muster-agent token --dir /etc/muster/ca --name node5 --ip 10.0.0.5 --out node5.token
+//	# copy node5.token to node5 (mode 0600), then on node5:
 //	muster-agent serve --dir /var/lib/muster --listen 10.0.0.5:7444 --name node5 \
-//	    --join https://10.0.0.1:7443 --token muster1....
+//	    --join https://10.0.0.1:7443 --token-file node5.token
+//
+// A token admits one server: the name and the IP addresses it was made
+// for, once, within its --ttl. A name that has already joined needs a
+// token made with --rejoin, so that a new server cannot take an existing
+// one's identity. serve reads the token from --token-file or from the
+// environment variable MUSTER_JOIN_TOKEN, never from its arguments, which
+// every user can read in /proc/PID/cmdline; --token is refused.
 //
 // The first serve joins the cluster and keeps its credentials in DIR/pki;
 // later starts reuse them and need no token. With --driver lxc (the
@@ -27,6 +35,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -35,6 +44,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -77,19 +87,34 @@ func newRoot() *cobra.Command {
 
 func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	var (
-		dir, listen, name, joinURL, token, driverName string
-		publishConsul                                 string
-		publishEvery                                  time.Duration
-		ips                                           []net.IP
-		networks, balancers, floating                 []string
-		discoveryKind                                 string
+		dir, listen, name, joinURL, tokenFile, driverName string
+		tokenArg, publishConsul                           string
+		publishEvery                                      time.Duration
+		ips                                               []net.IP
+		networks, balancers, floating                     []string
+		discoveryKind                                     string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve this server's containers to the cluster",
-		Args:  cobra.NoArgs,
+		Long: `Serve this server's containers to the cluster.
+
+The first start joins the cluster: it needs --join, --name and a join token
+(muster-agent token) made for this --name and for exactly the addresses the
+certificate is to name (--ip, or the --listen IP). The token is read from
+--token-file (a file only its owner may read: mode 0600) or from the
+environment variable ` + tokenEnv + `, which serve removes from its
+environment at once so that the processes it starts do not inherit it.
+--token is refused: the arguments of a process stay readable by every user
+in /proc/PID/cmdline for as long as it runs. Later starts reuse the
+credentials kept in DIR/pki and need no token.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, log := cmd.Context(), logger()
+			token, err := joinToken(cmd.Flags().Changed("token"), tokenFile)
+			if err != nil {
+				return err
+			}
 			addrs, err := certIPs(ips, listen)
 			if err != nil {
 				return err
@@ -173,7 +198,8 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	f.StringVar(&name, "name", "", "this server's name in the cluster (a DNS label); needed to join")
 	f.IPSliceVar(&ips, "ip", nil, "IP address the certificate names, repeatable (default: the --listen IP, if one is given)")
 	f.StringVar(&joinURL, "join", "", "URL of the join server, for the first start")
-	f.StringVar(&token, "token", "", "join token (muster-agent token), for the first start")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the join token (muster-agent token --out), mode 0600, for the first start; or set "+tokenEnv)
+	f.StringVar(&tokenArg, "token", "", "refused: a token in the arguments is readable by every user in /proc/PID/cmdline; use --token-file or "+tokenEnv)
 	f.StringVar(&driverName, "driver", "lxc", "container driver: "+kindList(containerDrivers))
 	f.StringSliceVar(&networks, "network", []string{"vxlan"}, "network drivers to serve, repeatable: "+kindList(networkDrivers)+" (memory: in memory, every mode)")
 	f.StringVar(&publishConsul, "publish-consul", "", "publish the services of this server's labelled containers (muster.io/service, muster.io/port) to the Consul agent at this host:port")
@@ -184,21 +210,77 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 	return cmd
 }
 
+// tokenEnv names the environment variable serve takes a join token from.
+const tokenEnv = "MUSTER_JOIN_TOKEN"
+
+// maxTokenFile bounds what serve reads of a --token-file.
+const maxTokenFile = 4 << 10
+
+// joinToken returns a function that reads the join token from file or,
+// if file is empty, from the environment (empty if neither gives one).
+// It removes the token from this process's environment at once, so that
+// no child inherits it. A token given as an argument (tokenArg) is refused.
+func joinToken(tokenArg bool, file string) (func() (string, error), error) {
+	env, inEnv := os.LookupEnv(tokenEnv)
+	os.Unsetenv(tokenEnv)
+	switch {
+	case tokenArg:
+		return nil, fmt.Errorf("--token is refused: the arguments of a process are readable by every user in /proc/PID/cmdline; " +
+			"pass the join token in a file only its owner may read (--token-file) or in " + tokenEnv)
+	case file != "" && inEnv:
+		return nil, fmt.Errorf("a join token in --token-file and in %s: give it one way", tokenEnv)
+	case file == "":
+		return func() (string, error) { return strings.TrimSpace(env), nil }, nil
+	}
+	return func() (string, error) { return readTokenFile(file) }, nil
+}
+
+// readTokenFile reads a join token from path, which others may not read
+// or write if it is a regular file.
+func readTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	if st.Mode().IsRegular() && st.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("--token-file %s has mode %v: others may read the join token; chmod 600 it (muster-agent token --out writes it so)", path, st.Mode().Perm())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	token := strings.TrimSpace(string(data))
+	if len(data) > maxTokenFile || token == "" || strings.ContainsAny(token, " \t\r\n") {
+		return "", fmt.Errorf("--token-file %s holds no join token: want one line, as muster-agent token prints", path)
+	}
+	return token, nil
+}
+
 // credentials loads the agent's credentials from dir or, on the first
-// start, joins the cluster and saves them there.
-func credentials(ctx context.Context, log *slog.Logger, dir, joinURL, token, name string, ips []netip.Addr) (*pki.Credentials, error) {
+// start, joins the cluster with the token that readToken gives and saves
+// them there.
+func credentials(ctx context.Context, log *slog.Logger, dir, joinURL string, readToken func() (string, error), name string, ips []netip.Addr) (*pki.Credentials, error) {
 	creds, err := pki.LoadCredentials(dir)
 	if err == nil {
-		if joinURL != "" || token != "" {
-			log.Info("already joined; ignoring --join and --token", "credentials", dir)
+		if joinURL != "" {
+			log.Info("already joined; ignoring --join and the join token", "credentials", dir)
 		}
 		return creds, nil
 	}
 	if !errors.Is(err, errcode.NotFound) {
 		return nil, err
 	}
+	token, err := readToken()
+	if err != nil {
+		return nil, err
+	}
 	if joinURL == "" || token == "" || name == "" {
-		return nil, fmt.Errorf("no credentials in %s: the first start needs --join, --token and --name", dir)
+		return nil, fmt.Errorf("no credentials in %s: the first start needs --join, --name and a join token (--token-file or %s)", dir, tokenEnv)
 	}
 	creds, err = pki.Join(ctx, joinURL, token, name, ips)
 	if err != nil {
@@ -376,28 +458,64 @@ func caCmd() *cobra.Command {
 }
 
 func tokenCmd() *cobra.Command {
-	var dir string
-	var ttl time.Duration
+	var (
+		dir, name, out string
+		ips            []net.IP
+		ttl            time.Duration
+		rejoin         bool
+	)
 	cmd := &cobra.Command{
 		Use:   "token",
-		Short: "Print a one-time join token of the CA in --dir",
-		Args:  cobra.NoArgs,
+		Short: "Make a one-time join token for the server --name, of the CA in --dir",
+		Long: `Make a one-time join token for the server --name, of the CA in --dir, and
+print it, or write it to --out (mode 0600).
+
+The token admits that server only: its certificate names --name and exactly
+the --ip addresses given (none: no address), and serve must ask for the same
+(--name, and --ip or its --listen IP). Unspecified, broadcast and multicast
+addresses are refused. A name that has already joined the cluster is
+refused unless --rejoin is given: a re-join gives that server a new
+certificate (its state was lost, or its address changed). Give the token to
+serve with --token-file or MUSTER_JOIN_TOKEN, never on its command line.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ca, err := pki.LoadCA(dir)
 			if err != nil {
 				return err
 			}
-			token, err := pki.NewAuthority(ca, &pki.AuthorityOptions{Dir: dir}).NewToken(ttl)
+			var addrs []netip.Addr
+			for _, ip := range ips {
+				a, _ := netip.AddrFromSlice(ip)
+				addrs = append(addrs, a.Unmap())
+			}
+			token, err := pki.NewAuthority(ca, &pki.AuthorityOptions{Dir: dir}).NewToken(name, ttl, &pki.TokenOptions{IPs: addrs, Rejoin: rejoin})
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), token)
-			return nil
+			if out == "" {
+				fmt.Fprintln(cmd.OutOrStdout(), token)
+				return nil
+			}
+			f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return fmt.Errorf("--out: %w (not overwriting)", err)
+			}
+			if _, err := fmt.Fprintln(f, token); err != nil {
+				f.Close()
+				return err
+			}
+			return f.Close()
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", "", "the CA's directory (ca init)")
-	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token stays valid")
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", "", "the CA's directory (ca init)")
+	f.StringVar(&name, "name", "", "the name of the server the token admits (a DNS label)")
+	f.IPSliceVar(&ips, "ip", nil, "an IP address the server's certificate names, repeatable; exactly these")
+	f.BoolVar(&rejoin, "rejoin", false, "the server has joined before: give it a new certificate")
+	f.DurationVar(&ttl, "ttl", time.Hour, "how long the token stays valid")
+	f.StringVar(&out, "out", "", "write the token to this new file (mode 0600) instead of printing it")
 	cmd.MarkFlagRequired("dir")
+	cmd.MarkFlagRequired("name")
 	return cmd
 }
 

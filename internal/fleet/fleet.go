@@ -1,6 +1,7 @@
 // Package fleet starts a cluster of simulated servers on one machine, each a
 // network namespace (testhost) running a real muster-agent process
-// that joined the cluster with a one-time token, and returns a
+// that joined the cluster with a one-time token bound to its name and
+// address (given in a file, never in its arguments), and returns a
 // container.Cluster of agent clients. The demo, the end-to-end tests and
 // the benchmarks use it. It needs root, iproute2 and, for the lxc driver,
 // LXC.
@@ -146,11 +147,7 @@ func Start(ctx context.Context, n int, opts Options) (f *Fleet, err error) {
 		if err := addBridge(h); err != nil {
 			return f, fmt.Errorf("server %s: %w", s.Name, err)
 		}
-		token, err := authority.NewToken(time.Minute)
-		if err != nil {
-			return f, err
-		}
-		if err := s.start(ctx, "--join", joinURL, "--token", token); err != nil {
+		if err := s.join(ctx, authority, joinURL); err != nil {
 			return f, err
 		}
 		if err := f.Cluster.AddServer(s.Name, container.NewServer(s.Client, nil)); err != nil {
@@ -176,6 +173,23 @@ func addBridge(h *testhost.Host) error {
 		return err
 	}
 	return nh.LinkSetUp(br)
+}
+
+// join starts the agent for the first time: it joins the cluster with a
+// token made for its name and address, which it reads from a file (0600,
+// in the fleet's 0700 directory) removed once the agent has joined or
+// failed. Arguments are readable by every user in /proc/PID/cmdline.
+func (s *Server) join(ctx context.Context, authority *pki.Authority, joinURL string) error {
+	token, err := authority.NewToken(s.Name, time.Minute, &pki.TokenOptions{IPs: []netip.Addr{s.Host.Addr}})
+	if err != nil {
+		return err
+	}
+	tokenFile := filepath.Join(s.fleet.dir, s.Name+".token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(tokenFile)
+	return s.start(ctx, "--join", joinURL, "--token-file", tokenFile)
 }
 
 // start runs the agent and waits until it answers.
