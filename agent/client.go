@@ -35,9 +35,11 @@ type ClientOptions struct {
 // extensions; a call the agent's driver does not support fails with
 // errcode.Unimplemented. It is safe for concurrent use.
 type Client struct {
-	addr string
-	tr   *http.Transport
-	caps capabilities // what the agent's services offer, read at Dial
+	addr  string
+	src   pki.Source
+	tr    *http.Transport
+	peers *peerConns   // the connections to the agent, closed if a new CRL revokes it
+	caps  capabilities // what the agent's services offer, read at Dial
 }
 
 var (
@@ -54,9 +56,16 @@ var (
 
 // Dial connects to the agent at addr (host:port) with creds, and reads
 // what the agent's services offer (see Kinds), which checks that it
-// answers. The agent's certificate must chain to creds' CA. An
-// agent that cannot be reached is errcode.Unavailable. opts may be nil.
-func Dial(ctx context.Context, addr string, creds *pki.Credentials, opts *ClientOptions) (*Client, error) {
+// answers. The agent's certificate must chain to creds' CA and not be
+// revoked by its CRL. An agent that cannot be reached is
+// errcode.Unavailable; one whose certificate is revoked
+// errcode.PermissionDenied. opts may be nil.
+//
+// creds is read at every handshake: with a *pki.Keyring, the client
+// presents the certificate it holds then (so it can be rotated while the
+// client is in use), and refuses the agents its CRL revokes from the
+// next call on, closing the connections it has to them first.
+func Dial(ctx context.Context, addr string, creds pki.Source, opts *ClientOptions) (*Client, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, errcode.New(errcode.InvalidArgument, "agent address %q: %w", addr, err)
@@ -67,20 +76,16 @@ func Dial(ctx context.Context, addr string, creds *pki.Credentials, opts *Client
 	var protocols http.Protocols
 	protocols.SetHTTP2(true)
 	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
-	c := &Client{addr: addr, tr: &http.Transport{
-		DialContext: dialer.DialContext,
-		TLSClientConfig: &tls.Config{
-			MinVersion: tls.VersionTLS13,
-			RootCAs:    creds.CAPool,
-			ServerName: host,
-			// Always present the certificate, so that the agent, not
-			// this client, decides whether it is acceptable.
-			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &creds.Cert, nil },
+	tlsConfig := pki.ClientConfig(creds, host)
+	tlsConfig.NextProtos = []string{"h2"}
+	c := &Client{addr: addr, src: creds, peers: newPeerConns(creds)}
+	c.tr = &http.Transport{
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return c.peers.dial(ctx, dialer, network, addr, tlsConfig)
 		},
-		TLSHandshakeTimeout: 10 * time.Second,
-		Protocols:           &protocols,
-		HTTP2:               &http.HTTP2Config{SendPingTimeout: 30 * time.Second},
-	}}
+		Protocols: &protocols,
+		HTTP2:     &http.HTTP2Config{SendPingTimeout: 30 * time.Second},
+	}
 	if err := c.fetchCapabilities(ctx); err != nil {
 		c.Close()
 		return nil, err
@@ -431,6 +436,7 @@ func readLine(r *bufio.Reader, limit int) ([]byte, error) {
 // have arrived (a read of the response or of a stalled request body would
 // then block until the peer acts).
 func (c *Client) roundTrip(ctx context.Context, method, path string, hdr http.Header, body io.Reader) (*http.Response, error) {
+	c.peers.sweep() // before a byte of the call goes to an agent that a new CRL revokes
 	sourceErr := func() error { return nil }
 	var pipe *io.PipeReader
 	if _, ok := body.(*bytes.Reader); !ok && body != nil {
@@ -494,7 +500,7 @@ func (c *Client) transportError(ctx context.Context, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return ctxErr
 	}
-	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
+	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok || errcode.Of(err) == errcode.PermissionDenied {
 		return errcode.New(errcode.PermissionDenied, "agent %s: %w", c.addr, err)
 	}
 	return errcode.New(errcode.Unavailable, "agent %s: %w", c.addr, err)

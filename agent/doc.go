@@ -6,7 +6,9 @@
 //
 // Protocol: HTTP/2 over TLS 1.3 with mutual authentication against the
 // cluster CA (both sides present CA-issued certificates; clients need the
-// client-auth usage, servers the server-auth usage). Each driver method is
+// client-auth usage, servers the server-auth usage); with a pki.Keyring
+// the certificates rotate without a restart and a CRL (PUT /v1/pki/crl)
+// revokes peers, cutting off their connections. Each driver method is
 // a route under /v1/ (GET /v1/containers/{name}, POST
 // /v1/containers/{name}/start, ...) whose path parameters are checked (names
 // are DNS labels, image references names or sha256 digests) before the

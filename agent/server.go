@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,7 +51,8 @@ type ServerOptions struct {
 
 // Server serves a driver to the cluster's agents and clients.
 type Server struct {
-	creds    *pki.Credentials
+	creds    pki.Source
+	peers    *peerConns // the clients' connections, closed if a new CRL revokes them
 	log      *slog.Logger
 	shutdown time.Duration
 	handler  http.Handler
@@ -66,8 +66,17 @@ type Server struct {
 // errcode.Unimplemented otherwise. A d with driver.Transferer is also
 // served as a driver.Pusher and driver.Puller: the Server then dials the
 // other agent with creds, which therefore need UsageAgent. opts may be nil.
-func NewServer(creds *pki.Credentials, d driver.Driver, opts *ServerOptions) *Server {
-	s := &Server{creds: creds, log: slog.New(slog.DiscardHandler), shutdown: 10 * time.Second}
+//
+// creds is read at every handshake: with a *pki.Keyring the server
+// presents the certificate it holds then, so it can be rotated without
+// restarting Serve, and refuses clients (and, in pushes and pulls, peer
+// agents) that its CRL revokes. A client already connected when its
+// certificate is revoked is cut off: Serve closes its connections, calls
+// in flight included, as soon as the Keyring holds the CRL, and every call
+// is checked as well (errcode.PermissionDenied). The server takes new CRLs
+// at PUT /v1/pki/crl (Client.PutCRL) if creds is a Keyring.
+func NewServer(creds pki.Source, d driver.Driver, opts *ServerOptions) *Server {
+	s := &Server{creds: creds, peers: newPeerConns(creds), log: slog.New(slog.DiscardHandler), shutdown: 10 * time.Second}
 	if opts != nil {
 		if opts.Logger != nil {
 			s.log = opts.Logger
@@ -80,7 +89,7 @@ func NewServer(creds *pki.Credentials, d driver.Driver, opts *ServerOptions) *Se
 	if opts == nil {
 		opts = &ServerOptions{}
 	}
-	s.handler = s.logged(s.routes(d, opts))
+	s.handler = s.logged(s.unrevoked(s.routes(d, opts)))
 	return s
 }
 
@@ -94,12 +103,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	handshakes := newHandshakeLog(s.log, s.handshakeLog)
 	defer handshakes.close()
 	srv := &http.Server{
-		TLSConfig: &tls.Config{
-			MinVersion:   tls.VersionTLS13,
-			Certificates: []tls.Certificate{s.creds.Cert},
-			ClientAuth:   tls.RequireAndVerifyClientCert,
-			ClientCAs:    s.creds.CAPool,
-		},
+		TLSConfig: pki.ServerConfig(s.creds),
+		ConnState: s.peers.track,
 		Protocols: &protocols,
 		// Pings find clients that vanished without closing their
 		// connection, so that their calls are cancelled.
@@ -117,6 +122,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	})
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeTLS(l, "", "") }()
+	sweepCtx, stopSweeping := context.WithCancel(ctx)
+	defer stopSweeping()
+	go s.peers.sweepOnChange(sweepCtx)
 	var err error
 	select {
 	case err = <-done: // the listener failed
@@ -177,7 +185,7 @@ func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 func (s *Server) routes(d driver.Driver, opts *ServerOptions) *http.ServeMux {
 	mux := http.NewServeMux()
 	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, validated(h)) }
-	services := append([]Service{preflightService{preflight.NewLocal(nil)}}, opts.Services...)
+	services := append([]Service{preflightService{preflight.NewLocal(nil)}, pkiService{s.creds}}, opts.Services...)
 	for _, svc := range services {
 		svc.Routes(route)
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -23,7 +22,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/musterkit/muster/agent/internal/wire"
@@ -430,48 +428,12 @@ func Join(ctx context.Context, joinURL, token, name string, ips []netip.Addr) (*
 	if err != nil {
 		return nil, err
 	}
-
-	// The pinned CA replaces the system roots: the server must present it
-	// in its chain, and its certificate must chain to it.
-	var pinErr atomic.Pointer[error]
-	verify := func(raw [][]byte, _ [][]*x509.Certificate) error {
-		err := verifyPinned(raw, pin)
-		if err != nil {
-			pinErr.Store(&err)
-		}
-		return err
-	}
-	tr := &http.Transport{
-		TLSClientConfig: &tls.Config{
-			MinVersion:            tls.VersionTLS13,
-			InsecureSkipVerify:    true, // verify checks the chain against the pinned CA instead
-			VerifyPeerCertificate: verify,
-		},
-	}
-	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, joinURL, bytes.NewReader(body))
+	data, err := callAuthority(ctx, joinURL, pin, nil, body)
 	if err != nil {
-		return nil, errcode.New(errcode.InvalidArgument, "join URL %q: %w", joinURL, err)
-	}
-	if req.URL.Scheme != "https" {
-		return nil, errcode.New(errcode.InvalidArgument, "join URL %q is not https", joinURL)
-	}
-	resp, err := tr.RoundTrip(req)
-	if p := pinErr.Load(); p != nil {
-		return nil, *p
-	}
-	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, ctxErr
-		}
-		return nil, errcode.New(errcode.Unavailable, "join %s: %w", joinURL, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, wire.ResponseError(resp)
+		return nil, err
 	}
 	var reply joinReply
-	if err := json.NewDecoder(io.LimitReader(resp.Body, wire.MaxJSONBody)).Decode(&reply); err != nil {
+	if err := json.Unmarshal(data, &reply); err != nil {
 		return nil, errcode.New(errcode.Unavailable, "join %s: reading the reply: %w", joinURL, err)
 	}
 	leaf, ca, err := checkIssued(&reply, pin, name, key.Public())

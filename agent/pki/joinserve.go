@@ -19,14 +19,16 @@ const maxJoinHeaderBytes = 4 << 10
 // Authority's JoinLimits: a connection per source up to
 // MaxConnsPerSource (more are closed at once), each closed once its
 // handshake and headers, its request, its reply or its wait for the next
-// request outlasts its timeout. It speaks HTTP/1.1 only.
+// request outlasts its timeout. It speaks HTTP/1.1 only. It also serves
+// renewals at RenewPath, which authenticate with a client certificate of
+// the CA (asked for, not required), and the CA's CRL at CRLPath.
 func (a *Authority) Serve(ctx context.Context, l net.Listener, creds *Credentials) error {
 	lim := a.opts.Limits
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	srv := &http.Server{
-		Handler:           a.Handler(),
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{creds.Cert}},
+		Handler:           a.withRenewal(a.Handler()),
+		TLSConfig:         renewalTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{creds.Cert}}, creds),
 		Protocols:         &protocols,
 		ReadHeaderTimeout: lim.ReadHeaderTimeout,
 		ReadTimeout:       lim.ReadTimeout,

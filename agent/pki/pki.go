@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/musterkit/muster/errcode"
@@ -59,6 +60,12 @@ const (
 // server whose clock is a little behind accepts them.
 const clockSkew = 5 * time.Minute
 
+// backdate is how far before now a certificate living ttl becomes valid:
+// clockSkew, or a tenth of a short ttl, so that a certificate is renewed
+// at the fraction of its lifetime its owner chose (see RenewOptions.At)
+// rather than at once.
+func backdate(ttl time.Duration) time.Duration { return min(clockSkew, ttl/10) }
+
 // CAOptions configure NewCA. The zero value is usable.
 type CAOptions struct {
 	// Algorithm of the CA key and of the keys Issue generates; default ECDSAP256.
@@ -67,10 +74,18 @@ type CAOptions struct {
 	Validity time.Duration
 }
 
-// CA is a cluster certificate authority: a self-signed certificate and its key.
+// CA is a cluster certificate authority: a self-signed certificate and its
+// key, and the record of the certificates it issued and revoked (see
+// Revoke). A CA read by LoadCA or written by Save keeps that record in its
+// directory, shared by every process that uses the directory; a new CA
+// keeps it in memory until it is saved.
 type CA struct {
 	cert *x509.Certificate
 	key  crypto.Signer
+
+	mu  sync.Mutex // guards the fields below and serializes the record's updates in this process
+	dir string     // where the record lives, or "" for memory
+	mem caRecord   // the record, when dir is ""
 }
 
 // NewCA creates a self-signed CA whose subject is name. opts may be nil.
@@ -129,18 +144,22 @@ func LoadCA(dir string) (*CA, error) {
 	if !cert.IsCA || cert.CheckSignatureFrom(cert) != nil {
 		return nil, errcode.New(errcode.InvalidArgument, "%s: not a self-signed CA certificate", filepath.Join(dir, caCertFile))
 	}
-	return &CA{cert: cert, key: key}, nil
+	return &CA{cert: cert, key: key, dir: dir}, nil
 }
 
 // Save writes the CA to dir, creating it: the certificate to ca.crt and the
-// key to ca.key, readable by its owner only. Each file is replaced
-// atomically.
+// key to ca.key, readable by its owner only, and its record of issued and
+// revoked certificates (issued.json, and the last CRL in ca.crl). Each file
+// is replaced atomically. From then on the CA keeps its record in dir.
 func (ca *CA) Save(dir string) error {
 	key, err := keyPEM(caKeyFile, ca.key)
 	if err != nil {
 		return err
 	}
-	return saveFiles(dir, certPEM(caCertFile, ca.cert), key)
+	if err := saveFiles(dir, certPEM(caCertFile, ca.cert), key); err != nil {
+		return err
+	}
+	return ca.moveRecord(dir)
 }
 
 // Fingerprint returns the hex SHA-256 of the CA certificate's DER encoding,
@@ -155,7 +174,7 @@ func (ca *CA) Issue(name string, ips []netip.Addr, ttl time.Duration, usage Usag
 		return nil, errcode.New(errcode.InvalidArgument, "certificate for %q: ttl must be positive", name)
 	}
 	now := time.Now()
-	return ca.IssueBetween(name, ips, now.Add(-clockSkew), now.Add(ttl), usage)
+	return ca.IssueBetween(name, ips, now.Add(-backdate(ttl)), now.Add(ttl), usage)
 }
 
 // IssueBetween is Issue with the certificate valid from notBefore to
@@ -211,7 +230,15 @@ func (ca *CA) sign(pub crypto.PublicKey, name string, ips []netip.Addr, notBefor
 	if err != nil {
 		return nil, errcode.New(errcode.InvalidArgument, "certificate for %q: %w", name, err)
 	}
-	return x509.ParseCertificate(der)
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	// A certificate the record does not hold could not be revoked by name.
+	if err := ca.recordIssued(cert); err != nil {
+		return nil, err
+	}
+	return cert, nil
 }
 
 // Credentials are what an agent authenticates with: its certificate and
@@ -236,9 +263,36 @@ func newCredentials(leaf, ca *x509.Certificate, key crypto.Signer) *Credentials 
 	}
 }
 
+// Current returns c: fixed credentials are a Source that never changes.
+func (c *Credentials) Current() *Credentials { return c }
+
+// CRL returns nil: fixed credentials hold no revocation list.
+func (c *Credentials) CRL() *CRL { return nil }
+
+// CA returns the CA certificate that ends c's chain, or nil if the chain
+// does not end with the CA whose fingerprint c names.
+func (c *Credentials) CA() *x509.Certificate {
+	certs := c.Cert.Certificate
+	if len(certs) < 2 || fingerprint(certs[len(certs)-1]) != c.CAFingerprint {
+		return nil
+	}
+	ca, err := x509.ParseCertificate(certs[len(certs)-1])
+	if err != nil {
+		return nil
+	}
+	return ca
+}
+
+// pendingSuffix names the new certificate that Credentials.Save stages
+// beside the old one while it replaces the key.
+const pendingSuffix = ".new"
+
 // LoadCredentials reads credentials that Save wrote to dir. It checks that
-// the key matches the certificate and that the CA signed it; it does not
-// check expiry.
+// the key matches the certificate, that the CA signed it, and that both
+// certificates are valid now: an expired or not yet valid one is
+// errcode.FailedPrecondition, naming the dates and what to do. A Save
+// that a crash interrupted between replacing the key and the certificate
+// is completed.
 func LoadCredentials(dir string) (*Credentials, error) {
 	ca, err := readCert(filepath.Join(dir, caCertFile))
 	if err != nil {
@@ -250,17 +304,56 @@ func LoadCredentials(dir string) (*Credentials, error) {
 	}
 	key, err := readKey(filepath.Join(dir, keyFile), leaf)
 	if err != nil {
-		return nil, err
+		next, nerr := readCert(filepath.Join(dir, certFile+pendingSuffix))
+		if nerr != nil {
+			return nil, err
+		}
+		nkey, nerr := readKey(filepath.Join(dir, keyFile), next)
+		if nerr != nil {
+			return nil, err
+		}
+		if err := os.Rename(filepath.Join(dir, certFile+pendingSuffix), filepath.Join(dir, certFile)); err != nil {
+			return nil, err
+		}
+		leaf, key = next, nkey
 	}
 	if err := leaf.CheckSignatureFrom(ca); err != nil {
 		return nil, errcode.New(errcode.InvalidArgument, "%s: not signed by %s: %w", filepath.Join(dir, certFile), filepath.Join(dir, caCertFile), err)
 	}
+	now := time.Now()
+	if err := checkValid(filepath.Join(dir, caCertFile), ca, now,
+		"the cluster needs a new CA, and every server must join it again"); err != nil {
+		return nil, err
+	}
+	if err := checkValid(filepath.Join(dir, certFile), leaf, now,
+		fmt.Sprintf("renew certificates before they expire (Keyring.KeepRenewed; muster-agent serve does it), "+
+			"or join the cluster again with a new token, after removing %s and %s", certFile, keyFile)); err != nil {
+		return nil, err
+	}
 	return newCredentials(leaf, ca, key), nil
+}
+
+// checkValid returns errcode.FailedPrecondition if cert, read from path,
+// is not valid at now, with the dates and, for an expired one, fix.
+func checkValid(path string, cert *x509.Certificate, now time.Time, fix string) error {
+	const layout = time.RFC3339
+	switch {
+	case now.After(cert.NotAfter):
+		return errcode.New(errcode.FailedPrecondition, "%s: the certificate of %q expired on %s (it was valid from %s; now is %s): %s",
+			path, cert.Subject.CommonName, cert.NotAfter.UTC().Format(layout), cert.NotBefore.UTC().Format(layout), now.UTC().Format(layout), fix)
+	case now.Before(cert.NotBefore):
+		return errcode.New(errcode.FailedPrecondition, "%s: the certificate of %q is not valid before %s (until %s; now is %s): "+
+			"this machine's clock is behind, or the certificate was made for later; set the clock right (NTP)",
+			path, cert.Subject.CommonName, cert.NotBefore.UTC().Format(layout), cert.NotAfter.UTC().Format(layout), now.UTC().Format(layout))
+	}
+	return nil
 }
 
 // Save writes the credentials to dir, creating it: ca.crt, agent.crt and
 // agent.key, the key readable by its owner only. Each file is replaced
-// atomically.
+// atomically, and the pair as a whole too: the new certificate is staged
+// as agent.crt.new, the key replaced, then the certificate; LoadCredentials
+// completes a Save that a crash cut between the two.
 func (c *Credentials) Save(dir string) error {
 	certs := c.Cert.Certificate
 	key, ok := c.Cert.PrivateKey.(crypto.Signer)
@@ -279,7 +372,24 @@ func (c *Credentials) Save(dir string) error {
 	if err != nil {
 		return err
 	}
-	return saveFiles(dir, certPEM(caCertFile, ca), certPEM(certFile, leaf), k)
+	next := certPEM(certFile+pendingSuffix, leaf)
+	if err := saveFiles(dir, certPEM(caCertFile, ca), next, k); err != nil {
+		return err
+	}
+	if err := os.Rename(filepath.Join(dir, next.name), filepath.Join(dir, certFile)); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes the renames in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // pemFile is one file of a PKI directory.

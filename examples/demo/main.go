@@ -5,8 +5,10 @@
 // file, never on the command line), builds the offline busybox base
 // image and distributes it, creates and starts containers across the
 // servers, execs in one, moves a running container to another server,
-// prints a cluster-wide table, and cleans everything up. Without root it
-// says what it needs and runs the same flow on in-memory servers.
+// prints a cluster-wide table, rotates certificates under load and revokes
+// a server (on loopback, in this process), and cleans everything up.
+// Without root it says what it needs and runs the same flow on in-memory
+// servers.
 //
 //	demo -agent bin/muster-agent
 package main
@@ -253,7 +255,10 @@ func flow(ctx context.Context, e *env) error {
 	if err := discover(ctx, e); err != nil {
 		return err
 	}
-	return secure(ctx, e)
+	if err := secure(ctx, e); err != nil {
+		return err
+	}
+	return rotateAndRevoke(ctx)
 }
 
 // labels are a demo container's labels: its app, and for db the service

@@ -25,6 +25,19 @@
 // LVS, in-memory), whose instances live in DIR/balancers and are deployed
 // again at start. serve starts the containers marked autostart, then
 // serves until SIGINT or SIGTERM.
+//
+// Certificates are rotated without a restart: serve renews its own at the
+// join server once --renew-at of its lifetime has passed (2/3 by default),
+// presents the new one from the next connection on and saves it in
+// DIR/pki. To revoke a server or a client,
+//
+//	muster-agent ca revoke --dir /etc/muster/ca --name node5
+//
+// signs a new CRL; agents fetch it from the join server every
+// --crl-interval (or an orchestrator pushes it, agent.Client.PutCRL), keep
+// it in DIR/pki/crl.pem and refuse node5's certificates from then on.
+// `ca certs` lists what the CA issued.
+//
 // TCP MD5 signatures (BGP passwords) need plain TCP listeners: the kernel
 // refuses MD5 keys on the MPTCP sockets Go listens with by default.
 //
@@ -94,6 +107,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 		networks, balancers, floating                     []string
 		discoveryKind                                     string
 	)
+	var renew renewal
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve this server's containers to the cluster",
@@ -123,6 +137,11 @@ credentials kept in DIR/pki and need no token.`,
 			if err != nil {
 				return err
 			}
+			keys, stopRenewing, err := renew.start(ctx, log, filepath.Join(dir, "pki"), joinURL)
+			if err != nil {
+				return err
+			}
+			defer stopRenewing()
 			openers, err := pick(containerDrivers, []string{driverName}, "container driver")
 			if err != nil {
 				return err
@@ -187,7 +206,7 @@ credentials kept in DIR/pki and need no token.`,
 				return err
 			}
 			log.Info("serving", "name", creds.Cert.Leaf.Subject.CommonName, "addr", l.Addr(), "driver", driverName, "ca", creds.CAFingerprint)
-			err = agent.NewServer(creds, d, &agent.ServerOptions{Logger: log, Services: services}).Serve(ctx, l)
+			err = agent.NewServer(keys, d, &agent.ServerOptions{Logger: log, Services: services}).Serve(ctx, l)
 			log.Info("stopped")
 			return err
 		},
@@ -197,7 +216,7 @@ credentials kept in DIR/pki and need no token.`,
 	f.StringVar(&listen, "listen", ":7444", "address to serve on")
 	f.StringVar(&name, "name", "", "this server's name in the cluster (a DNS label); needed to join")
 	f.IPSliceVar(&ips, "ip", nil, "IP address the certificate names, repeatable (default: the --listen IP, if one is given)")
-	f.StringVar(&joinURL, "join", "", "URL of the join server, for the first start")
+	f.StringVar(&joinURL, "join", "", "URL of the join server: the first start joins there, and serve renews its certificate and fetches the CRL there (remembered in DIR/pki/join-url)")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the join token (muster-agent token --out), mode 0600, for the first start; or set "+tokenEnv)
 	f.StringVar(&tokenArg, "token", "", "refused: a token in the arguments is readable by every user in /proc/PID/cmdline; use --token-file or "+tokenEnv)
 	f.StringVar(&driverName, "driver", "lxc", "container driver: "+kindList(containerDrivers))
@@ -207,6 +226,7 @@ credentials kept in DIR/pki and need no token.`,
 	f.StringVar(&discoveryKind, "discovery", "", "serve a service registry to the cluster (agent.Client.Discovery): "+kindList(discoveryKinds)+" (the embedded registry, with real health checks); none if empty")
 	f.StringSliceVar(&floating, "floating-ip", []string{"keepalived"}, "floating-IP speaker kinds to offer: "+kindList(floatingIPKinds)+", or none (an empty value)")
 	f.StringSliceVar(&balancers, "balancer", slices.Sorted(maps.Keys(balancerKinds)), "load-balancer kinds to offer, repeatable: "+kindList(balancerKinds))
+	renew.flags(f)
 	return cmd
 }
 
@@ -453,7 +473,7 @@ func caCmd() *cobra.Command {
 	initCmd.Flags().StringVar(&name, "name", "muster", "the CA's name")
 	initCmd.Flags().StringVar(&alg, "algorithm", string(pki.ECDSAP256), "key algorithm: ecdsa-p256 or ed25519")
 	initCmd.MarkFlagRequired("dir")
-	ca.AddCommand(initCmd)
+	ca.AddCommand(initCmd, revokeCmd(), certsCmd())
 	return ca
 }
 
@@ -522,6 +542,7 @@ serve with --token-file or MUSTER_JOIN_TOKEN, never on its command line.`,
 func joinServerCmd(logger func() *slog.Logger) *cobra.Command {
 	var dir, listen, name string
 	var ips []net.IP
+	var certTTL time.Duration
 	cmd := &cobra.Command{
 		Use:   "join-server",
 		Short: "Serve joins: issue certificates to servers that present a token",
@@ -546,7 +567,7 @@ func joinServerCmd(logger func() *slog.Logger) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			a := pki.NewAuthority(ca, &pki.AuthorityOptions{Dir: dir, Logger: log})
+			a := pki.NewAuthority(ca, &pki.AuthorityOptions{Dir: dir, Logger: log, CertTTL: certTTL})
 			err = a.Serve(ctx, l, creds)
 			log.Info("stopped")
 			return err
@@ -556,6 +577,7 @@ func joinServerCmd(logger func() *slog.Logger) *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", ":7443", "address to serve on")
 	cmd.Flags().StringVar(&name, "name", "muster-join", "name in the join server's certificate")
 	cmd.Flags().IPSliceVar(&ips, "ip", nil, "IP address the certificate names, repeatable (default: the --listen IP)")
+	cmd.Flags().DurationVar(&certTTL, "cert-ttl", 365*24*time.Hour, "lifetime of the certificates joins and renewals issue")
 	cmd.MarkFlagRequired("dir")
 	return cmd
 }

@@ -63,11 +63,13 @@ type Fleet struct {
 	Cluster *container.Cluster
 	Servers []*Server
 
-	dir   string
-	opts  Options
-	creds *pki.Credentials   // the orchestrator's client credentials
-	stop  context.CancelFunc // stops the join server
-	done  chan error
+	dir     string
+	opts    Options
+	ca      *pki.CA
+	keys    *pki.Keyring       // the orchestrator's client credentials and CRL
+	revoked map[string]bool    // servers whose certificates Revoke revoked
+	stop    context.CancelFunc // stops the join server
+	done    chan error
 }
 
 // Server is one simulated server and its agent.
@@ -118,9 +120,14 @@ func Start(ctx context.Context, n int, opts Options) (f *Fleet, err error) {
 	if err != nil {
 		return f, err
 	}
-	if f.creds, err = ca.Issue("orchestrator", nil, 24*time.Hour, pki.UsageClient); err != nil {
+	creds, err := ca.Issue("orchestrator", nil, 24*time.Hour, pki.UsageClient)
+	if err != nil {
 		return f, err
 	}
+	if f.keys, err = pki.NewKeyring(creds); err != nil {
+		return f, err
+	}
+	f.ca, f.revoked = ca, map[string]bool{}
 	joinCreds, err := ca.Issue("join", []netip.Addr{f.Hosts.RootAddr}, 24*time.Hour, pki.UsageServer)
 	if err != nil {
 		return f, err
@@ -214,7 +221,7 @@ func (s *Server) start(ctx context.Context, joinArgs ...string) error {
 	s.mu.Unlock()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := agent.Dial(ctx, s.Addr, s.fleet.creds, nil)
+		c, err := agent.Dial(ctx, s.Addr, s.fleet.keys, nil)
 		if err == nil {
 			if s.Client == nil {
 				s.Client = c
@@ -345,8 +352,8 @@ func Sweep() error {
 // removeContainers stops and deletes the server's containers through its
 // agent, restarting the agent first if it was killed.
 func (s *Server) removeContainers(ctx context.Context) error {
-	if s.Client == nil {
-		return nil
+	if s.Client == nil || s.fleet.revoked[s.Name] {
+		return nil // a revoked server's containers go with its directory
 	}
 	s.mu.Lock()
 	running := s.agent != nil
