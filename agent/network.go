@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/musterkit/muster/agent/internal/wire"
 	"github.com/musterkit/muster/errcode"
@@ -90,11 +91,20 @@ func (c *Client) Network(mode netdriver.Mode) netdriver.Driver {
 
 // networkClient is a remote network driver of one mode.
 type networkClient struct {
-	c    *Client
-	mode netdriver.Mode
+	c      *Client
+	mode   netdriver.Mode
+	closed atomic.Bool
 }
 
 var _ netdriver.Driver = (*networkClient)(nil)
+
+// check returns errcode.FailedPrecondition once n is closed.
+func (n *networkClient) check() error {
+	if n.closed.Load() {
+		return errcode.New(errcode.FailedPrecondition, "network client (%s): closed", n.mode)
+	}
+	return nil
+}
 
 func (n *networkClient) path(segments ...string) string {
 	return apiPath(append([]string{"networks", string(n.mode)}, segments...)...)
@@ -104,6 +114,9 @@ func (n *networkClient) path(segments ...string) string {
 // InvalidArgument here rather than a route the agent does not know.
 
 func (n *networkClient) EnsureNetwork(ctx context.Context, spec *netdriver.Spec) (*netdriver.Status, error) {
+	if err := n.check(); err != nil {
+		return nil, err
+	}
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -111,6 +124,9 @@ func (n *networkClient) EnsureNetwork(ctx context.Context, spec *netdriver.Spec)
 }
 
 func (n *networkClient) DeleteNetwork(ctx context.Context, id string) error {
+	if err := n.check(); err != nil {
+		return err
+	}
 	if err := names.Label(id); err != nil {
 		return err
 	}
@@ -119,6 +135,9 @@ func (n *networkClient) DeleteNetwork(ctx context.Context, id string) error {
 }
 
 func (n *networkClient) SetPeers(ctx context.Context, id string, peers []netdriver.Peer) error {
+	if err := n.check(); err != nil {
+		return err
+	}
 	if err := names.Label(id); err != nil {
 		return err
 	}
@@ -130,6 +149,9 @@ func (n *networkClient) SetPeers(ctx context.Context, id string, peers []netdriv
 }
 
 func (n *networkClient) Networks(ctx context.Context) ([]*netdriver.Status, error) {
+	if err := n.check(); err != nil {
+		return nil, err
+	}
 	return call[[]*netdriver.Status](ctx, n.c, http.MethodGet, n.path(), nil)
 }
 
@@ -139,8 +161,13 @@ func (n *networkClient) Capabilities() netdriver.Capabilities {
 	return caps
 }
 
-// Close does nothing: the Client holds the connection.
-func (n *networkClient) Close() error { return nil }
+// Close implements netdriver.Driver: later calls fail with
+// errcode.FailedPrecondition; the networks stay, and the Client holds the
+// connection.
+func (n *networkClient) Close() error {
+	n.closed.Store(true)
+	return nil
+}
 
 // preflightService serves the server's side of network preflights
 // (package network/preflight) under /v1/preflight, from the agent's own

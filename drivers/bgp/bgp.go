@@ -32,6 +32,9 @@ const (
 	RouteProtocol netlink.RouteProtocol = 186
 
 	bridgePrefix = "mbg-"
+	// aliasPrefix starts the alias of every bridge the driver makes,
+	// followed by the network's ID: a bridge without it is not adopted.
+	aliasPrefix = "muster-bgp id="
 	// resyncInterval is how often the kernel routes are compared with the
 	// speakers' tables even when no event says they changed.
 	resyncInterval = 2 * time.Second
@@ -164,8 +167,8 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return nil, errcode.New(errcode.FailedPrecondition, "the driver is closed")
+	if err := d.checkOpen(); err != nil {
+		return nil, err
 	}
 	n := d.networks[spec.ID]
 	if n != nil {
@@ -251,9 +254,9 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n := d.networks[id]
-	if n == nil {
-		return errcode.New(errcode.NotFound, "network %q not found", id)
+	n, err := d.network(id)
+	if err != nil {
+		return err
 	}
 	d.stopSpeaker(n.sp)
 	delete(d.networks, id)
@@ -266,9 +269,9 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 func (d *Driver) SetPeers(ctx context.Context, id string, peers []driver.Peer) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n := d.networks[id]
-	if n == nil {
-		return errcode.New(errcode.NotFound, "network %q not found", id)
+	n, err := d.network(id)
+	if err != nil {
+		return err
 	}
 	if err := driver.ValidatePeers(&n.spec, peers); err != nil {
 		return err
@@ -286,6 +289,9 @@ func (d *Driver) SetPeers(ctx context.Context, id string, peers []driver.Peer) e
 func (d *Driver) Networks(ctx context.Context) ([]*driver.Status, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	var sts []*driver.Status
 	for _, id := range slices.Sorted(maps.Keys(d.networks)) {
 		st, err := d.networks[id].status(ctx)
@@ -302,10 +308,34 @@ func (d *Driver) Capabilities() driver.Capabilities {
 	return driver.Capabilities{Modes: []driver.Mode{driver.BGP}}
 }
 
+// checkOpen returns errcode.FailedPrecondition once the driver is closed.
+// d.mu is held.
+func (d *Driver) checkOpen() error {
+	if d.closed {
+		return errcode.New(errcode.FailedPrecondition, "the driver is closed")
+	}
+	return nil
+}
+
+// network returns network id: errcode.NotFound if unknown,
+// errcode.FailedPrecondition once the driver is closed. d.mu is held.
+func (d *Driver) network(id string) (*network, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
+	n := d.networks[id]
+	if n == nil {
+		return nil, errcode.New(errcode.NotFound, "network %q not found", id)
+	}
+	return n, nil
+}
+
 // Close implements driver.Driver. It stops the speakers and removes the
 // routes they installed; the bridges stay. gobgp's server loop has no end,
 // so each stopped speaker leaves one idle goroutine for the life of the
-// process (a Driver reuses its stopped speakers for later networks).
+// process (a Driver reuses its stopped speakers for later networks). Later
+// calls return nil; every other method but Capabilities then fails with
+// errcode.FailedPrecondition.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -374,8 +404,11 @@ func (d *Driver) underlayMTU(a netip.Addr) (int, error) {
 // spec.Local as its only IPv4 address. created says it did not exist.
 func (d *Driver) ensureBridge(spec *driver.Spec, mtu int) (created bool, err error) {
 	name := bridgeName(spec.ID)
-	l, err := d.h.LinkByName(name)
-	if errors.As(err, new(netlink.LinkNotFoundError)) {
+	l, err := d.bridge(spec.ID)
+	if err != nil {
+		return false, err
+	}
+	if l == nil {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}}
 		if err := d.h.LinkAdd(br); err != nil {
 			return false, kernelErr("adding bridge "+name, err)
@@ -385,16 +418,17 @@ func (d *Driver) ensureBridge(spec *driver.Spec, mtu int) (created bool, err err
 			d.h.LinkDel(br)
 			return false, kernelErr("finding bridge "+name, err)
 		}
-	} else if err != nil {
-		return false, kernelErr("finding bridge "+name, err)
-	} else if l.Type() != "bridge" {
-		return false, errcode.New(errcode.FailedPrecondition, "link %s exists and is a %s, not a bridge", name, l.Type())
 	}
 	fail := func(what string, err error) (bool, error) {
 		if created {
 			d.h.LinkDel(l)
 		}
 		return false, kernelErr(what+" of bridge "+name, err)
+	}
+	if created {
+		if err := d.h.LinkSetAlias(l, aliasPrefix+spec.ID); err != nil {
+			return fail("setting the alias", err)
+		}
 	}
 	if l.Attrs().MTU != mtu {
 		if err := d.h.LinkSetMTU(l, mtu); err != nil {
@@ -432,18 +466,33 @@ func (d *Driver) ensureBridge(spec *driver.Spec, mtu int) (created bool, err err
 	return created, nil
 }
 
-// deleteBridge removes the network's bridge if it exists.
-func (d *Driver) deleteBridge(id string) error {
+// bridge returns network id's bridge, nil if there is none. A link that
+// holds its name without the network's alias (another program's, or
+// another network's whose long ID hashes alike) is errcode.AlreadyExists:
+// it is neither adopted nor deleted.
+func (d *Driver) bridge(id string) (netlink.Link, error) {
 	name := bridgeName(id)
 	l, err := d.h.LinkByName(name)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
-		return nil
-	}
-	if err == nil {
-		err = d.h.LinkDel(l)
+		return nil, nil
 	}
 	if err != nil {
-		return kernelErr("deleting bridge "+name, err)
+		return nil, kernelErr("finding bridge "+name, err)
+	}
+	if l.Type() != "bridge" || l.Attrs().Alias != aliasPrefix+id {
+		return nil, errcode.New(errcode.AlreadyExists, "link %s exists and is not network %s's bridge", name, id)
+	}
+	return l, nil
+}
+
+// deleteBridge removes the network's bridge if it exists.
+func (d *Driver) deleteBridge(id string) error {
+	l, err := d.bridge(id)
+	if err != nil || l == nil {
+		return err
+	}
+	if err := d.h.LinkDel(l); err != nil {
+		return kernelErr("deleting bridge "+l.Attrs().Name, err)
 	}
 	return nil
 }

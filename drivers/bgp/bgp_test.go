@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -173,103 +171,14 @@ func mustSetPeers(t *testing.T, d driver.Driver, peers ...driver.Peer) {
 	}
 }
 
-// TestSpeakersExchangeRanges runs two of our speakers, checks that each
-// installs the other's range and that a container-range address on one
-// reaches the other's over TCP, then removes a peer.
-func TestSpeakersExchangeRanges(t *testing.T) {
+// TestKernel runs the kernel suite: traffic between simulated servers,
+// leftovers of bad input, changes in place, a restart.
+func TestKernel(t *testing.T) {
 	roottest.Require(t, roottest.Kernel(roottest.Bridge))
-	c := testhost.New(t, 2)
-	h0, h1 := c.Hosts[0], c.Hosts[1]
-	d0, d1 := startRemote(t, h0), startRemote(t, h1)
-	s0, s1 := bgpSpec(h0, "198.19.1.1/24", 64512), bgpSpec(h1, "198.19.2.1/24", 64513)
-	usePassword(t, h0, d0, s0, s1)
-	mustEnsure(t, d0, s0)
-	mustEnsure(t, d1, s1)
-	p0 := driver.Peer{Name: h0.Name, Underlay: h0.Addr, Range: s0.Local.Masked(), ASN: s0.ASN}
-	p1 := driver.Peer{Name: h1.Name, Underlay: h1.Addr, Range: s1.Local.Masked(), ASN: s1.ASN}
-	mustSetPeers(t, d0, p1)
-	mustSetPeers(t, d1, p0)
-	waitRoutes(t, h0, RouteProtocol, 20*time.Second, map[netip.Prefix]netip.Addr{p1.Range: h1.Addr})
-	waitRoutes(t, h1, RouteProtocol, 20*time.Second, map[netip.Prefix]netip.Addr{p0.Range: h0.Addr})
-	checkConnected(t, d0, h1.Name)
-	checkConnected(t, d1, h0.Name)
-
-	// TCP from 198.19.1.1 (h0's bridge) to 198.19.2.1 (h1's bridge).
-	l, err := h1.Listen("tcp4", "198.19.2.1:7000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	got := make(chan string, 1)
-	go func() {
-		conn, err := l.Accept()
-		if err != nil {
-			got <- err.Error()
-			return
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		b, _ := io.ReadAll(conn)
-		got <- conn.RemoteAddr().String() + " " + string(b)
-	}()
-	err = h0.Do(func() error {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(198, 19, 1, 1)}, Timeout: 5 * time.Second}
-		conn, err := d.Dial("tcp4", "198.19.2.1:7000")
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		_, err = conn.Write([]byte("hello over bgp"))
-		return err
+	drivertest.RunKernelTests(t, drivertest.KernelHarness{
+		Mode: driver.BGP,
+		Open: func(t *testing.T, host *testhost.Host) driver.Driver { return startRemote(t, host) },
 	})
-	if err != nil {
-		t.Fatalf("dialing from h0's range to h1's: %v", err)
-	}
-	select {
-	case s := <-got:
-		if want := "hello over bgp"; len(s) < len(want) || s[len(s)-len(want):] != want || !strings.HasPrefix(s, "198.19.1.1:") {
-			t.Fatalf("h1 received %q", s)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("h1 received nothing")
-	}
-
-	// Equal spec and peers again change nothing.
-	mustEnsure(t, d0, s0)
-	mustSetPeers(t, d0, p1)
-	waitRoutes(t, h0, RouteProtocol, time.Second, map[netip.Prefix]netip.Addr{p1.Range: h1.Addr})
-
-	// h0 drops h1: its route goes at once, and h1 withdraws h0's.
-	mustSetPeers(t, d0)
-	if got := ourRoutes(t, h0, RouteProtocol); len(got) != 0 {
-		t.Fatalf("h0 still has routes %v after SetPeers(none)", got)
-	}
-	checkConnected(t, d0)
-	waitRoutes(t, h1, RouteProtocol, 3*time.Second, map[netip.Prefix]netip.Addr{})
-	checkConnected(t, d1)
-
-	// Back again. Changing h1's hold time restarts its speaker: the
-	// routes come back on both sides.
-	mustSetPeers(t, d0, p1)
-	waitRoutes(t, h0, RouteProtocol, 20*time.Second, map[netip.Prefix]netip.Addr{p1.Range: h1.Addr})
-	s1.HoldTime = 4 * time.Second
-	mustEnsure(t, d1, s1)
-	waitRoutes(t, h1, RouteProtocol, 20*time.Second, map[netip.Prefix]netip.Addr{p0.Range: h0.Addr})
-	waitRoutes(t, h0, RouteProtocol, 20*time.Second, map[netip.Prefix]netip.Addr{p1.Range: h1.Addr})
-
-	// Delete the network on h1: h0 loses the route.
-	if err := d1.DeleteNetwork(context.Background(), "net"); err != nil {
-		t.Fatal(err)
-	}
-	waitRoutes(t, h0, RouteProtocol, 3*time.Second, map[netip.Prefix]netip.Addr{})
-	nh, err := h1.Handle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nh.Close()
-	if _, err := nh.LinkByName(bridgeName("net")); !errors.As(err, new(netlink.LinkNotFoundError)) {
-		t.Fatalf("h1's bridge after DeleteNetwork: %v", err)
-	}
 }
 
 // birdProto is the protocol of the routes BIRD installs ("bird").

@@ -2,7 +2,11 @@
 //
 // Every server has a container range (Spec.Local: the range's first
 // address, with the range's length) on a bridge, "mbg-" and the network's
-// ID (a hashed suffix when the ID is too long for an interface name). The
+// ID (a hashed suffix when the ID is too long for an interface name), with
+// the alias "muster-bgp id=<id>". A link that holds the name without that
+// alias (another program's, or another network's whose long ID hashes
+// alike) makes EnsureNetwork fail with errcode.AlreadyExists, touching
+// nothing. The
 // server's BGP speaker announces that range, with the server's underlay
 // address as next hop, to its peers (Spec.Underlay of the other servers,
 // Driver.SetPeers), and installs what they announce as kernel routes, so

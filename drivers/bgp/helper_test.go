@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -39,7 +40,7 @@ func TestMain(m *testing.M) {
 }
 
 type request struct {
-	Op    string       `json:"op"` // ensure, delete, peers, networks
+	Op    string       `json:"op"` // ensure, delete, peers, networks, close
 	Spec  *driver.Spec `json:"spec,omitempty"`
 	ID    string       `json:"id,omitempty"`
 	Peers []driver.Peer
@@ -89,6 +90,8 @@ func serveHelper(in io.Reader, out io.Writer) int {
 			sts, err := d.Networks(ctx)
 			resp = errResponse(err)
 			resp.Statuses = sts
+		case "close":
+			resp = errResponse(d.Close())
 		default:
 			resp = errResponse(fmt.Errorf("unknown op %q", req.Op))
 		}
@@ -124,7 +127,9 @@ func startRemote(t *testing.T, h *testhost.Host) *remote {
 		t.Fatal(err)
 	}
 	cmd := h.Command(context.Background(), self)
-	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	// A binary built with -race sleeps a second as it exits, to let
+	// reports of other goroutines in: the helper need not.
+	cmd.Env = append(os.Environ(), helperEnv+"=1", "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	// If the test binary dies, so does the helper (it also exits when its
 	// stdin closes).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -142,7 +147,7 @@ func startRemote(t *testing.T, h *testhost.Host) *remote {
 	}
 	r.enc, r.dec = json.NewEncoder(r.stdin), json.NewDecoder(stdout)
 	t.Cleanup(func() {
-		if err := r.Close(); err != nil {
+		if err := r.stop(); err != nil {
 			t.Errorf("driver in %s: %v", h.Name, err)
 		}
 		if t.Failed() {
@@ -160,6 +165,9 @@ func (r *remote) call(req request) response {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var resp response
+	if r.stdin == nil {
+		return errResponse(errors.New("helper: ended"))
+	}
 	if err := r.enc.Encode(req); err != nil {
 		return errResponse(err)
 	}
@@ -198,9 +206,15 @@ func (r *remote) Capabilities() driver.Capabilities {
 	return (&Driver{}).Capabilities()
 }
 
-// Close ends the helper: it closes the driver when its stdin closes. A
-// helper that does not exit within 30s is killed.
+// Close closes the driver in the helper, which keeps serving its calls
+// (the closed driver answers them).
 func (r *remote) Close() error {
+	return r.call(request{Op: "close"}).err()
+}
+
+// stop ends the helper: it closes the driver (again) when its stdin
+// closes. A helper that does not exit within 30s is killed.
+func (r *remote) stop() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.stdin == nil {

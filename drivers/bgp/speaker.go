@@ -2,9 +2,11 @@ package bgp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"syscall"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
@@ -82,7 +84,11 @@ func (d *Driver) startSpeaker(ctx context.Context, spec *driver.Spec, peers []dr
 	}})
 	if err != nil {
 		d.idle = append(d.idle, &speaker{s: s})
-		return nil, errcode.Wrap(errcode.Unavailable, fmt.Errorf("starting the BGP speaker of network %q on %s port %d: %w", spec.ID, c.underlay, c.port, err))
+		code := errcode.Unavailable
+		if errors.Is(err, syscall.EADDRINUSE) {
+			code = errcode.FailedPrecondition // another program listens there
+		}
+		return nil, errcode.Wrap(code, fmt.Errorf("starting the BGP speaker of network %q on %s port %d: %w", spec.ID, c.underlay, c.port, err))
 	}
 	fail := func(err error) (*speaker, error) {
 		d.stopSpeaker(sp)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/roottest"
 	"github.com/musterkit/muster/testhost"
+	"github.com/vishvananda/netlink"
 )
 
 // iperf3 runs an iperf3 client in host against server for seconds with
@@ -241,4 +243,64 @@ func BenchmarkFDBProgramming(b *testing.B) {
 	b.ReportMetric(ms(batStart), "batch-start-ms")
 	b.ReportMetric(ms(drv)/ms(bat), "setpeers/batch")
 	b.ReportMetric(ms(drv)/(ms(bat)-ms(batStart)), "setpeers/batch-kernel")
+}
+
+// overlay is the 3-host cluster of the packet tests.
+type overlay struct {
+	c     *testhost.Cluster
+	d     []*Driver
+	h     []*netlink.Handle
+	specs []*driver.Spec
+	macs  []net.HardwareAddr // bridge MACs
+}
+
+const testVNI = 4242
+
+func localAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, 10, byte(i + 1)}) }
+
+func newOverlay(t testing.TB, n int) *overlay {
+	t.Helper()
+	o := &overlay{c: testhost.New(t, n)}
+	for i, host := range o.c.Hosts {
+		d, h := openOn(t, host)
+		spec := &driver.Spec{
+			ID: "ovl", Mode: driver.VXLAN,
+			Subnet:   netip.MustParsePrefix("198.19.10.0/24"),
+			Local:    netip.PrefixFrom(localAddr(i), 24),
+			Underlay: host.Addr, VNI: testVNI,
+		}
+		st, err := d.EnsureNetwork(tctx(t), spec)
+		if err != nil {
+			t.Fatalf("EnsureNetwork on %s: %v", host.Name, err)
+		}
+		if st.MTU != 1450 {
+			t.Errorf("MTU on %s = %d, want 1500-50", host.Name, st.MTU)
+		}
+		br, err := h.LinkByName(st.Bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.d, o.h, o.specs = append(o.d, d), append(o.h, h), append(o.specs, spec)
+		o.macs = append(o.macs, br.Attrs().HardwareAddr)
+	}
+	return o
+}
+
+// peers returns host i's view of hosts js.
+func (o *overlay) peers(js ...int) []driver.Peer {
+	var ps []driver.Peer
+	for _, j := range js {
+		ps = append(ps, driver.Peer{
+			Name: o.c.Hosts[j].Name, Underlay: o.c.Hosts[j].Addr,
+			Endpoints: []driver.Endpoint{{Address: localAddr(j), MAC: o.macs[j]}},
+		})
+	}
+	return ps
+}
+
+func (o *overlay) setPeers(t testing.TB, i int, js ...int) {
+	t.Helper()
+	if err := o.d[i].SetPeers(tctx(t), "ovl", o.peers(js...)); err != nil {
+		t.Fatalf("SetPeers on %s: %v", o.c.Hosts[i].Name, err)
+	}
 }

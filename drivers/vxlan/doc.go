@@ -32,7 +32,8 @@
 //
 // The MTU of both devices is spec.MTU or, when zero, the MTU of the underlay
 // link (the link holding spec.Underlay) minus the encapsulation: 50 bytes
-// over IPv4, 70 over IPv6.
+// over IPv4, 70 over IPv6. A spec.MTU above that is
+// errcode.FailedPrecondition, as the packets would not fit the underlay.
 //
 // # Unicast, no multicast, no learning
 //

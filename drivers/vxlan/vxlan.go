@@ -323,17 +323,21 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 	if err != nil {
 		return nil, err
 	}
+	over := overheadV4
+	if !spec.Underlay.Is4() {
+		over = overheadV6
+	}
+	limit := ul.Attrs().MTU - over
 	mtu := spec.MTU
 	if mtu == 0 {
-		over := overheadV4
-		if !spec.Underlay.Is4() {
-			over = overheadV6
-		}
-		mtu = ul.Attrs().MTU - over
+		mtu = limit
 		if mtu < minMTU(spec) {
 			return nil, errcode.New(errcode.FailedPrecondition, "vxlan: network %s: underlay link %s's MTU %d leaves %d for the network, below %d",
 				spec.ID, ul.Attrs().Name, ul.Attrs().MTU, mtu, minMTU(spec))
 		}
+	} else if mtu > limit {
+		return nil, errcode.New(errcode.FailedPrecondition, "vxlan: network %s: MTU %d does not fit: underlay link %s's MTU %d leaves %d",
+			spec.ID, mtu, ul.Attrs().Name, ul.Attrs().MTU, limit)
 	}
 	// What cannot change in place.
 	if n.vx != nil && uint32(n.vx.VxlanId) != spec.VNI {

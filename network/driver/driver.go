@@ -28,9 +28,13 @@ type Driver interface {
 	// EnsureNetwork makes network spec.ID exist on this server as spec
 	// says and returns its state. Applying an equal spec again changes
 	// nothing. A spec that changes what cannot change in place (the mode,
-	// the VNI, the subnet) is errcode.FailedPrecondition; a mode the
-	// driver does not support is errcode.Unimplemented. On any error
-	// nothing the call created is left behind.
+	// the VNI, the subnet) is errcode.FailedPrecondition, and so is one the
+	// server cannot carry: an Underlay no link of the server holds, an MTU
+	// above what the underlay's leaves after the mode's overhead, a port
+	// another program holds. A mode the driver does not support is
+	// errcode.Unimplemented; a link that holds a name the network needs
+	// and is not the network's is errcode.AlreadyExists, and is left
+	// alone. On any error nothing the call created is left behind.
 	EnsureNetwork(ctx context.Context, spec *Spec) (*Status, error)
 	// DeleteNetwork removes the network's devices, forwarding entries and
 	// routes from this server. errcode.NotFound if unknown.
@@ -46,7 +50,12 @@ type Driver interface {
 	Networks(ctx context.Context) ([]*Status, error)
 	// Capabilities says which modes and options the driver supports.
 	Capabilities() Capabilities
-	// Close releases the driver's resources. Networks stay in place.
+	// Close releases the driver's resources. Networks stay in place: their
+	// bridges and addresses at least (a driver whose tunnels live in its
+	// process, like a userspace WireGuard device, stops carrying traffic
+	// until a new driver ensures them again). Closing again returns nil;
+	// every other method but Capabilities then fails with
+	// errcode.FailedPrecondition.
 	Close() error
 }
 

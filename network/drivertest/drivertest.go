@@ -1,10 +1,19 @@
 // Package drivertest is the conformance suite every network driver passes.
 // A driver's tests call RunConformanceTests with a Harness that opens fresh
 // servers. The suite checks the SPI's contract (idempotence, validation,
-// what may change in place, peer sets, error codes); whether packets flow is
-// each real driver's own test. The same test names run on every driver:
-// memnetwork and the real drivers in drivers/. NewSpec and NewPeers make
-// valid specs and peers of every mode for harnesses and other tests.
+// what may change in place, peer sets, error codes, Close). The same test
+// names run on every driver: memnetwork and the real drivers in drivers/.
+//
+// RunKernelTests is the second suite, for real drivers only: it needs root
+// (it builds simulated servers with package testhost) and checks packets
+// between servers and the kernel state each call leaves (State): traffic,
+// applying again, removing a peer, changes in place, bad input that leaves
+// nothing behind, deletion and a restart. Every real driver runs the same
+// subtest names, in each mode it supports.
+//
+// NewSpec and NewPeers make valid specs and peers of every mode for
+// harnesses and other tests; Snapshot reads a simulated server's State for
+// a driver's own tests.
 package drivertest
 
 import (
@@ -52,6 +61,7 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"Delete", testDelete},
 		{"SetPeers", testSetPeers},
 		{"Capabilities", testCapabilities},
+		{"Close", testClose},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -330,6 +340,34 @@ func testSetPeers(t *testing.T, s *suite) {
 	}
 	wantCode(t, "peers of an unknown network", s.d.SetPeers(c, "ghost", peers), errcode.NotFound)
 	set("none")
+}
+
+// testClose closes a driver with a network twice, then uses it: every
+// method but Capabilities fails with errcode.FailedPrecondition.
+func testClose(t *testing.T, s *suite) {
+	c := ctx(t)
+	spec := s.h.Spec("net-a")
+	s.ensure(t, spec)
+	if err := s.d.SetPeers(c, "net-a", s.h.Peers()); err != nil {
+		t.Fatalf("SetPeers: %v", err)
+	}
+	if err := s.d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := s.d.Close(); err != nil {
+		t.Fatalf("Close again: %v", err)
+	}
+	_, err := s.d.EnsureNetwork(c, spec)
+	wantCode(t, "EnsureNetwork after Close", err, errcode.FailedPrecondition)
+	_, err = s.d.EnsureNetwork(c, s.h.Spec("net-b"))
+	wantCode(t, "EnsureNetwork of a new network after Close", err, errcode.FailedPrecondition)
+	wantCode(t, "SetPeers after Close", s.d.SetPeers(c, "net-a", s.h.Peers()[:1]), errcode.FailedPrecondition)
+	_, err = s.d.Networks(c)
+	wantCode(t, "Networks after Close", err, errcode.FailedPrecondition)
+	wantCode(t, "DeleteNetwork after Close", s.d.DeleteNetwork(c, "net-a"), errcode.FailedPrecondition)
+	if modes := s.d.Capabilities().Modes; !slices.Contains(modes, s.h.Mode) {
+		t.Fatalf("Capabilities().Modes after Close = %v, want it to list %s still", modes, s.h.Mode)
+	}
 }
 
 func testCapabilities(t *testing.T, s *suite) {

@@ -37,6 +37,7 @@ type Driver struct {
 	underlayMTU int
 
 	mu       sync.Mutex
+	closed   bool
 	networks map[string]*driver.Status // by ID
 }
 
@@ -77,6 +78,9 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	n := d.networks[spec.ID]
 	if n == nil {
 		n = &driver.Status{}
@@ -98,6 +102,9 @@ func (d *Driver) EnsureNetwork(ctx context.Context, spec *driver.Spec) (*driver.
 func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	if d.networks[id] == nil {
 		return errcode.New(errcode.NotFound, "network %q not found", id)
 	}
@@ -109,6 +116,9 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 func (d *Driver) SetPeers(ctx context.Context, id string, peers []driver.Peer) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	n := d.networks[id]
 	if n == nil {
 		return errcode.New(errcode.NotFound, "network %q not found", id)
@@ -125,6 +135,9 @@ func (d *Driver) SetPeers(ctx context.Context, id string, peers []driver.Peer) e
 func (d *Driver) Networks(ctx context.Context) ([]*driver.Status, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	var sts []*driver.Status
 	for _, id := range slices.Sorted(maps.Keys(d.networks)) {
 		sts = append(sts, cloneStatus(d.networks[id]))
@@ -138,9 +151,25 @@ func (d *Driver) Capabilities() driver.Capabilities {
 	return driver.Capabilities{Modes: slices.Clone(modes)}
 }
 
-// Close implements driver.Driver. It does nothing: like a real server's,
-// the networks stay.
-func (d *Driver) Close() error { return nil }
+// Close implements driver.Driver: every later call but Capabilities and
+// Close fails with errcode.FailedPrecondition. The networks are a real
+// server's state, which Close leaves in place; here nothing outlives the
+// Driver, so they are gone with it.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closed = true
+	return nil
+}
+
+// checkOpen returns errcode.FailedPrecondition once the driver is closed.
+// d.mu is held.
+func (d *Driver) checkOpen() error {
+	if d.closed {
+		return errcode.New(errcode.FailedPrecondition, "the driver is closed")
+	}
+	return nil
+}
 
 // BridgeName returns the bridge of network id on a memnetwork server, by
 // the link scheme of package names with the prefix "mst-".
