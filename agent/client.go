@@ -40,6 +40,8 @@ type Client struct {
 	tr    *http.Transport
 	peers *peerConns   // the connections to the agent, closed if a new CRL revokes it
 	caps  capabilities // what the agent's services offer, read at Dial
+
+	closed atomic.Bool // by Close: the container driver's calls fail
 }
 
 var (
@@ -94,55 +96,95 @@ func Dial(ctx context.Context, addr string, creds pki.Source, opts *ClientOption
 }
 
 // Close closes the client's idle connections. Containers keep running.
+// Closing again returns nil; every later call of the container driver
+// (Create ... StartAutostart, Push and Pull) fails with
+// errcode.FailedPrecondition. The drivers that Network, Balancer,
+// FloatingIP and Discovery handed out have a Close of their own.
 func (c *Client) Close() error {
+	c.closed.Store(true)
 	c.tr.CloseIdleConnections()
+	return nil
+}
+
+// checkOpen returns errcode.FailedPrecondition once c is closed.
+func (c *Client) checkOpen() error {
+	if c.closed.Load() {
+		return errcode.New(errcode.FailedPrecondition, "agent client: closed")
+	}
 	return nil
 }
 
 // Create implements driver.Driver.
 func (c *Client) Create(ctx context.Context, spec *driver.Spec) (*driver.Info, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return call[*driver.Info](ctx, c, http.MethodPost, apiPath("containers"), spec)
 }
 
 // Delete implements driver.Driver.
 func (c *Client) Delete(ctx context.Context, name string) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
 	return do(ctx, c, http.MethodDelete, apiPath("containers", name), nil)
 }
 
 // Start implements driver.Driver.
 func (c *Client) Start(ctx context.Context, name string) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
 	return do(ctx, c, http.MethodPost, apiPath("containers", name, "start"), nil)
 }
 
 // Stop implements driver.Driver.
 func (c *Client) Stop(ctx context.Context, name string, timeout time.Duration) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
 	return do(ctx, c, http.MethodPost, apiPath("containers", name, "stop"), stopRequest{timeout})
 }
 
 // Freeze implements driver.Driver.
 func (c *Client) Freeze(ctx context.Context, name string) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
 	return do(ctx, c, http.MethodPost, apiPath("containers", name, "freeze"), nil)
 }
 
 // Unfreeze implements driver.Driver.
 func (c *Client) Unfreeze(ctx context.Context, name string) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
 	return do(ctx, c, http.MethodPost, apiPath("containers", name, "unfreeze"), nil)
 }
 
 // Get implements driver.Driver.
 func (c *Client) Get(ctx context.Context, name string) (*driver.Info, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return call[*driver.Info](ctx, c, http.MethodGet, apiPath("containers", name), nil)
 }
 
 // List implements driver.Driver. The agent streams the list, so it may be
 // of any length (see readList).
 func (c *Client) List(ctx context.Context) ([]*driver.Info, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return readList[*driver.Info](ctx, c, apiPath("containers"))
 }
 
 // Exec implements driver.Driver. Stdin, stdout and stderr stream both ways
 // at once; cancelling ctx kills the remote process.
 func (c *Client) Exec(ctx context.Context, name string, p *driver.Process) (int, error) {
+	if err := c.checkOpen(); err != nil {
+		return 0, err
+	}
 	if p == nil {
 		return -1, errcode.New(errcode.InvalidArgument, "exec: nil process")
 	}
@@ -173,6 +215,9 @@ func (c *Client) Exec(ctx context.Context, name string, p *driver.Process) (int,
 
 // PutImage implements driver.Images.
 func (c *Client) PutImage(ctx context.Context, m *image.Manifest, blob io.Reader) (*image.Manifest, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	if m == nil {
 		return nil, errcode.New(errcode.InvalidArgument, "put image: nil manifest")
 	}
@@ -185,17 +230,26 @@ func (c *Client) PutImage(ctx context.Context, m *image.Manifest, blob io.Reader
 
 // Image implements driver.Images.
 func (c *Client) Image(ctx context.Context, ref string) (*image.Manifest, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return call[*image.Manifest](ctx, c, http.MethodGet, apiPath("images", ref), nil)
 }
 
 // ListImages implements driver.Images. Like List, it is streamed.
 func (c *Client) ListImages(ctx context.Context) ([]*image.Manifest, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return readList[*image.Manifest](ctx, c, apiPath("images"))
 }
 
 // OpenImage implements driver.Images. Reading the blob returns an error,
 // never a clean end, if the agent could not send all of it.
 func (c *Client) OpenImage(ctx context.Context, ref string) (*image.Manifest, io.ReadCloser, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, nil, err
+	}
 	resp, err := c.roundTrip(ctx, http.MethodGet, apiPath("images", ref, "blob"), nil, nil)
 	if err != nil {
 		return nil, nil, err
@@ -210,32 +264,50 @@ func (c *Client) OpenImage(ctx context.Context, ref string) (*image.Manifest, io
 
 // DeleteImage implements driver.Images.
 func (c *Client) DeleteImage(ctx context.Context, ref string) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
 	return do(ctx, c, http.MethodDelete, apiPath("images", ref), nil)
 }
 
 // Snapshot implements driver.Snapshotter.
 func (c *Client) Snapshot(ctx context.Context, name, snapshot string) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
 	return do(ctx, c, http.MethodPost, apiPath("containers", name, "snapshots", snapshot), nil)
 }
 
 // Snapshots implements driver.Snapshotter.
 func (c *Client) Snapshots(ctx context.Context, name string) ([]driver.SnapshotInfo, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return call[[]driver.SnapshotInfo](ctx, c, http.MethodGet, apiPath("containers", name, "snapshots"), nil)
 }
 
 // Restore implements driver.Snapshotter.
 func (c *Client) Restore(ctx context.Context, name, snapshot string) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
 	return do(ctx, c, http.MethodPost, apiPath("containers", name, "snapshots", snapshot, "restore"), nil)
 }
 
 // Clone implements driver.Snapshotter.
 func (c *Client) Clone(ctx context.Context, src, dst string) (*driver.Info, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return call[*driver.Info](ctx, c, http.MethodPost, apiPath("containers", src, "clone", dst), nil)
 }
 
 // Export implements driver.Transferer. If the agent fails after sending
 // part of the archive, Export returns its error.
 func (c *Client) Export(ctx context.Context, name string, w io.Writer) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
 	resp, err := c.roundTrip(ctx, http.MethodGet, apiPath("containers", name, "export"), nil, nil)
 	if err != nil {
 		return err
@@ -250,6 +322,9 @@ func (c *Client) Export(ctx context.Context, name string, w io.Writer) error {
 // before the archive is sent, the agent's driver sees a broken stream and
 // keeps nothing of it.
 func (c *Client) Import(ctx context.Context, r io.Reader, rename string) (*driver.Info, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	path := apiPath("import")
 	if rename != "" {
 		path = apiPath("import", rename)
@@ -267,6 +342,9 @@ func (c *Client) Endpoint() string { return c.addr }
 // its own credentials and streams the container to it; cancelling ctx
 // cancels both. progress receives the agent's reports.
 func (c *Client) Push(ctx context.Context, name, target, rename string, progress func(bytes int64)) (*driver.Info, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return c.transfer(ctx, apiPath("containers", name, "push"), transferRequest{Peer: target, Rename: rename}, progress)
 }
 
@@ -274,6 +352,9 @@ func (c *Client) Push(ctx context.Context, name, target, rename string, progress
 // its own credentials and streams the container from it; cancelling ctx
 // cancels both. progress receives the agent's reports.
 func (c *Client) Pull(ctx context.Context, source, name, rename string, progress func(bytes int64)) (*driver.Info, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return c.transfer(ctx, apiPath("pull", name), transferRequest{Peer: source, Rename: rename}, progress)
 }
 
@@ -318,11 +399,17 @@ func (c *Client) transfer(ctx context.Context, path string, req transferRequest,
 
 // HostInfo implements driver.Host.
 func (c *Client) HostInfo(ctx context.Context) (*driver.HostInfo, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return call[*driver.HostInfo](ctx, c, http.MethodGet, apiPath("host"), nil)
 }
 
 // StartAutostart implements driver.Autostarter.
 func (c *Client) StartAutostart(ctx context.Context) ([]string, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
 	return call[[]string](ctx, c, http.MethodPost, apiPath("autostart"), nil)
 }
 

@@ -52,6 +52,8 @@ type Driver interface {
 	// copied. Cancelling ctx kills the process and returns ctx's error.
 	Exec(ctx context.Context, name string, p *Process) (exitCode int, err error)
 	// Close releases the driver's resources; containers keep running.
+	// Closing again returns nil; every other method, of the optional
+	// interfaces below too, then fails with errcode.FailedPrecondition.
 	Close() error
 }
 

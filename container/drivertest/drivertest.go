@@ -64,17 +64,19 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"Images", testImages},
 		{"HostInfo", testHostInfo},
 		{"Concurrent", testConcurrent},
+		{"Close", testClose},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &suite{h: h, srv: container.NewServer(h.Open(t), nil)}
-			tt.run(t, s)
+			d := h.Open(t)
+			tt.run(t, &suite{h: h, d: d, srv: container.NewServer(d, nil)})
 		})
 	}
 }
 
 type suite struct {
 	h   Harness
+	d   driver.Driver
 	srv *container.Server
 }
 
@@ -604,4 +606,82 @@ func manyLabels(n int, v string) map[string]string {
 		m[fmt.Sprintf("%slabel-%d", prefix, i)] = v
 	}
 	return m
+}
+
+// testClose closes a driver with a container twice, then uses it: every
+// method, of the optional interfaces the driver implements too, fails with
+// errcode.FailedPrecondition. The container is left stopped, since nothing
+// could stop it through the closed driver.
+func testClose(t *testing.T, s *suite) {
+	c := ctx(t)
+	s.create(t, "kept", nil)
+	m, rc, err := s.srv.OpenImage(c, s.h.Image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.srv.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := s.srv.Close(); err != nil {
+		t.Fatalf("Close again: %v", err)
+	}
+	closed := func(what string, err error) {
+		t.Helper()
+		wantCode(t, what+" after Close", err, errcode.FailedPrecondition)
+	}
+	_, err = s.srv.Create(c, &container.Spec{Name: "new", Image: s.h.Image})
+	closed("Create", err)
+	closed("Start", s.srv.Start(c, "kept"))
+	closed("Stop", s.srv.Stop(c, "kept", time.Second))
+	closed("Freeze", s.srv.Freeze(c, "kept"))
+	closed("Unfreeze", s.srv.Unfreeze(c, "kept"))
+	_, err = s.srv.Get(c, "kept")
+	closed("Get", err)
+	_, err = s.srv.List(c)
+	closed("List", err)
+	_, err = s.srv.Exec(c, "kept", &container.Process{Args: []string{"true"}})
+	closed("Exec", err)
+	closed("Delete", s.srv.Delete(c, "kept"))
+	if _, ok := s.d.(driver.Images); ok {
+		copyM := *m
+		copyM.Name = "after-close"
+		_, err = s.srv.PutImage(c, &copyM, bytes.NewReader(blob))
+		closed("PutImage", err)
+		_, err = s.srv.Image(c, s.h.Image)
+		closed("Image", err)
+		_, err = s.srv.Images(c)
+		closed("Images", err)
+		_, rc, err = s.srv.OpenImage(c, s.h.Image)
+		if err == nil {
+			rc.Close()
+		}
+		closed("OpenImage", err)
+		closed("DeleteImage", s.srv.DeleteImage(c, s.h.Image))
+	}
+	if _, ok := s.d.(driver.Snapshotter); ok {
+		closed("Snapshot", s.srv.Snapshot(c, "kept", "snap"))
+		_, err = s.srv.Snapshots(c, "kept")
+		closed("Snapshots", err)
+		closed("Restore", s.srv.Restore(c, "kept", "snap"))
+		_, err = s.srv.Clone(c, "kept", "copy")
+		closed("Clone", err)
+	}
+	if _, ok := s.d.(driver.Transferer); ok {
+		closed("Export", s.srv.Export(c, "kept", io.Discard))
+		_, err = s.srv.Import(c, bytes.NewReader(nil), "imported")
+		closed("Import", err)
+	}
+	if _, ok := s.d.(driver.Host); ok {
+		_, err = s.srv.HostInfo(c)
+		closed("HostInfo", err)
+	}
+	if _, ok := s.d.(driver.Autostarter); ok {
+		_, err = s.srv.StartAutostart(c)
+		closed("StartAutostart", err)
+	}
 }

@@ -17,6 +17,9 @@ import (
 // Exec implements driver.Driver with the built-in programs listed in the
 // package documentation.
 func (d *Driver) Exec(ctx context.Context, name string, p *driver.Process) (int, error) {
+	if err := d.checkOpen(); err != nil {
+		return 0, err
+	}
 	d.mu.Lock()
 	c, err := d.get(name)
 	if err == nil && c.state != driver.Running {

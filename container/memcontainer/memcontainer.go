@@ -29,6 +29,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/musterkit/muster/container/driver"
@@ -66,6 +67,8 @@ type Driver struct {
 	images     map[string]*image.Manifest // by name
 	blobs      map[string][]byte          // by digest
 	nextPID    int
+
+	closed atomic.Bool
 }
 
 var (
@@ -125,6 +128,9 @@ func New(opts *Options) *Driver {
 
 // Create implements driver.Driver.
 func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -172,6 +178,9 @@ func (d *Driver) checkHost(spec *driver.Spec) error {
 
 // Delete implements driver.Driver.
 func (d *Driver) Delete(ctx context.Context, name string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, err := d.get(name)
@@ -187,6 +196,9 @@ func (d *Driver) Delete(ctx context.Context, name string) error {
 
 // Start implements driver.Driver.
 func (d *Driver) Start(ctx context.Context, name string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, err := d.get(name)
@@ -206,6 +218,9 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 
 // Stop implements driver.Driver. Built-in init always shuts down at once.
 func (d *Driver) Stop(ctx context.Context, name string, timeout time.Duration) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, err := d.get(name)
@@ -218,11 +233,17 @@ func (d *Driver) Stop(ctx context.Context, name string, timeout time.Duration) e
 
 // Freeze implements driver.Driver.
 func (d *Driver) Freeze(ctx context.Context, name string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	return d.transition(name, driver.Running, driver.Frozen)
 }
 
 // Unfreeze implements driver.Driver.
 func (d *Driver) Unfreeze(ctx context.Context, name string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	return d.transition(name, driver.Frozen, driver.Running)
 }
 
@@ -242,6 +263,9 @@ func (d *Driver) transition(name string, from, to driver.State) error {
 
 // Get implements driver.Driver.
 func (d *Driver) Get(ctx context.Context, name string) (*driver.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, err := d.get(name)
@@ -253,6 +277,9 @@ func (d *Driver) Get(ctx context.Context, name string) (*driver.Info, error) {
 
 // List implements driver.Driver.
 func (d *Driver) List(ctx context.Context) ([]*driver.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := make([]*driver.Info, 0, len(d.containers))
@@ -262,11 +289,26 @@ func (d *Driver) List(ctx context.Context) ([]*driver.Info, error) {
 	return out, nil
 }
 
-// Close implements driver.Driver.
-func (d *Driver) Close() error { return nil }
+// Close implements driver.Driver. Closing again returns nil; every other
+// method then fails with errcode.FailedPrecondition.
+func (d *Driver) Close() error {
+	d.closed.Store(true)
+	return nil
+}
+
+// checkOpen returns errcode.FailedPrecondition once the driver is closed.
+func (d *Driver) checkOpen() error {
+	if d.closed.Load() {
+		return errcode.New(errcode.FailedPrecondition, "memcontainer: the driver is closed")
+	}
+	return nil
+}
 
 // HostInfo implements driver.Host.
 func (d *Driver) HostInfo(ctx context.Context) (*driver.HostInfo, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	h := &driver.HostInfo{
@@ -288,6 +330,9 @@ func (d *Driver) HostInfo(ctx context.Context) (*driver.HostInfo, error) {
 
 // StartAutostart implements driver.Autostarter.
 func (d *Driver) StartAutostart(ctx context.Context) ([]string, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	var names []string
 	for _, name := range slices.Sorted(maps.Keys(d.containers)) {
@@ -337,6 +382,9 @@ func cloneSpec(s *driver.Spec) driver.Spec {
 // blob once, checking it as an archive while keeping and hashing it, and
 // validates the manifest, labels included.
 func (d *Driver) PutImage(ctx context.Context, m *image.Manifest, blob io.Reader) (*image.Manifest, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	if err := names.Label(m.Name); err != nil {
 		return nil, err
 	}
@@ -381,6 +429,9 @@ func (d *Driver) PutImage(ctx context.Context, m *image.Manifest, blob io.Reader
 
 // Image implements driver.Images.
 func (d *Driver) Image(ctx context.Context, ref string) (*image.Manifest, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	m := d.lookupImage(ref)
@@ -393,6 +444,9 @@ func (d *Driver) Image(ctx context.Context, ref string) (*image.Manifest, error)
 
 // ListImages implements driver.Images.
 func (d *Driver) ListImages(ctx context.Context) ([]*image.Manifest, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []*image.Manifest
@@ -405,6 +459,9 @@ func (d *Driver) ListImages(ctx context.Context) ([]*image.Manifest, error) {
 
 // OpenImage implements driver.Images.
 func (d *Driver) OpenImage(ctx context.Context, ref string) (*image.Manifest, io.ReadCloser, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	m := d.lookupImage(ref)
@@ -417,6 +474,9 @@ func (d *Driver) OpenImage(ctx context.Context, ref string) (*image.Manifest, io
 
 // DeleteImage implements driver.Images.
 func (d *Driver) DeleteImage(ctx context.Context, ref string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	m := d.lookupImage(ref)

@@ -14,6 +14,9 @@ import (
 
 // Snapshot implements driver.Snapshotter.
 func (d *Driver) Snapshot(ctx context.Context, name, snap string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, err := d.stopped(name)
@@ -29,6 +32,9 @@ func (d *Driver) Snapshot(ctx context.Context, name, snap string) error {
 
 // Snapshots implements driver.Snapshotter.
 func (d *Driver) Snapshots(ctx context.Context, name string) ([]driver.SnapshotInfo, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, err := d.get(name)
@@ -44,6 +50,9 @@ func (d *Driver) Snapshots(ctx context.Context, name string) ([]driver.SnapshotI
 
 // Restore implements driver.Snapshotter.
 func (d *Driver) Restore(ctx context.Context, name, snap string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, err := d.stopped(name)
@@ -60,6 +69,9 @@ func (d *Driver) Restore(ctx context.Context, name, snap string) error {
 
 // Clone implements driver.Snapshotter.
 func (d *Driver) Clone(ctx context.Context, src, dst string) (*driver.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, err := d.stopped(src)
@@ -83,6 +95,9 @@ func (d *Driver) Clone(ctx context.Context, src, dst string) (*driver.Info, erro
 
 // Export implements driver.Transferer.
 func (d *Driver) Export(ctx context.Context, name string, w io.Writer) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	c, err := d.stopped(name)
 	var fs tree
@@ -100,6 +115,9 @@ func (d *Driver) Export(ctx context.Context, name string, w io.Writer) error {
 
 // Import implements driver.Transferer.
 func (d *Driver) Import(ctx context.Context, r io.Reader, rename string) (*driver.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	fs, meta, err := readTree(ctx, r, 0, d.opts.ArchiveLimits)
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)

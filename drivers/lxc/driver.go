@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,6 +74,7 @@ type Driver struct {
 	cgroups  cgroupLayout
 	lxcStart string // path of the lxc-start program
 	locks    nameLocks
+	closed   atomic.Bool
 }
 
 // meta is Muster's record of a container, kept in metaFile.
@@ -132,8 +134,21 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	return d, nil
 }
 
-// Close implements driver.Driver. Containers keep running.
-func (d *Driver) Close() error { return nil }
+// Close implements driver.Driver. Containers keep running, and a driver
+// opened later on the same directory manages them. Closing again returns
+// nil; every other method then fails with errcode.FailedPrecondition.
+func (d *Driver) Close() error {
+	d.closed.Store(true)
+	return nil
+}
+
+// checkOpen returns errcode.FailedPrecondition once the driver is closed.
+func (d *Driver) checkOpen() error {
+	if d.closed.Load() {
+		return errcode.New(errcode.FailedPrecondition, "lxc driver: closed")
+	}
+	return nil
+}
 
 func (d *Driver) path(name string, elem ...string) string {
 	return filepath.Join(append([]string{d.lxcpath, name}, elem...)...)
@@ -343,6 +358,9 @@ func checkBridges(spec *driver.Spec) error {
 
 // Create implements driver.Driver.
 func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -420,6 +438,9 @@ func setHostname(rootfs, name string) error {
 
 // Delete implements driver.Driver.
 func (d *Driver) Delete(ctx context.Context, name string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	_, _, st, unlock, err := d.openLocked(ctx, name)
 	if err != nil {
 		return err
@@ -448,6 +469,9 @@ func (d *Driver) Delete(ctx context.Context, name string) error {
 // long-lived process must not join. Start returns once LXC reports the
 // container running.
 func (d *Driver) Start(ctx context.Context, name string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	c, m, st, unlock, err := d.openLocked(ctx, name)
 	if err != nil {
 		return err
@@ -528,6 +552,9 @@ func logTail(file string) string {
 // which busybox init powers off, or what LXC picks for systemd), waits up
 // to timeout for init to exit, then kills the container.
 func (d *Driver) Stop(ctx context.Context, name string, timeout time.Duration) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	c, _, st, unlock, err := d.openLocked(ctx, name)
 	if err != nil {
 		return err
@@ -622,6 +649,9 @@ func waitExit(ctx context.Context, pidfd *os.File, timeout time.Duration, halt f
 
 // Freeze implements driver.Driver.
 func (d *Driver) Freeze(ctx context.Context, name string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	c, _, st, unlock, err := d.openLocked(ctx, name)
 	if err != nil {
 		return err
@@ -638,6 +668,9 @@ func (d *Driver) Freeze(ctx context.Context, name string) error {
 
 // Unfreeze implements driver.Driver.
 func (d *Driver) Unfreeze(ctx context.Context, name string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	c, _, st, unlock, err := d.openLocked(ctx, name)
 	if err != nil {
 		return err
@@ -654,6 +687,9 @@ func (d *Driver) Unfreeze(ctx context.Context, name string) error {
 
 // Get implements driver.Driver.
 func (d *Driver) Get(ctx context.Context, name string) (*driver.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	c, m, err := d.open(name)
 	if err != nil {
 		return nil, err
@@ -664,6 +700,9 @@ func (d *Driver) Get(ctx context.Context, name string) (*driver.Info, error) {
 
 // List implements driver.Driver.
 func (d *Driver) List(ctx context.Context) ([]*driver.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	entries, err := os.ReadDir(d.lxcpath)
 	if err != nil {
 		return nil, err
@@ -687,6 +726,9 @@ func (d *Driver) List(ctx context.Context) ([]*driver.Info, error) {
 
 // HostInfo implements driver.Host.
 func (d *Driver) HostInfo(ctx context.Context) (*driver.HostInfo, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	host, err := os.Hostname()
 	if err != nil {
 		return nil, err
@@ -736,6 +778,9 @@ func memInfo() (total, avail int64, err error) {
 
 // StartAutostart implements driver.Autostarter.
 func (d *Driver) StartAutostart(ctx context.Context) ([]string, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	infos, err := d.List(ctx)
 	if err != nil {
 		return nil, err
@@ -757,26 +802,41 @@ func (d *Driver) StartAutostart(ctx context.Context) ([]string, error) {
 
 // PutImage implements driver.Images.
 func (d *Driver) PutImage(ctx context.Context, m *image.Manifest, blob io.Reader) (*image.Manifest, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	return d.images.Put(ctx, *m, blob)
 }
 
 // Image implements driver.Images.
 func (d *Driver) Image(ctx context.Context, ref string) (*image.Manifest, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	return d.images.Get(ctx, ref)
 }
 
 // ListImages implements driver.Images.
 func (d *Driver) ListImages(ctx context.Context) ([]*image.Manifest, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	return d.images.List(ctx)
 }
 
 // OpenImage implements driver.Images.
 func (d *Driver) OpenImage(ctx context.Context, ref string) (*image.Manifest, io.ReadCloser, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, nil, err
+	}
 	return d.images.Open(ctx, ref)
 }
 
 // DeleteImage implements driver.Images.
 func (d *Driver) DeleteImage(ctx context.Context, ref string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	return d.images.Delete(ctx, ref)
 }
 

@@ -30,6 +30,9 @@ var execEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 // wrote to its output streams is copied; output written later by processes
 // it left running in the background is not waited for.
 func (d *Driver) Exec(ctx context.Context, name string, p *driver.Process) (int, error) {
+	if err := d.checkOpen(); err != nil {
+		return 0, err
+	}
 	if len(p.Args) == 0 {
 		return -1, errcode.New(errcode.InvalidArgument, "exec: no program given")
 	}

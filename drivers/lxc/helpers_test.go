@@ -57,19 +57,26 @@ func openTest(t testing.TB) *Driver {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		// A driver of its own, since the test may have closed d.
 		ctx := context.Background()
-		infos, err := d.List(ctx)
+		cd, err := Open(ctx, dir, nil)
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		infos, err := cd.List(ctx)
 		if err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 		for _, i := range infos {
-			if err := d.Stop(ctx, i.Spec.Name, 0); err != nil {
+			if err := cd.Stop(ctx, i.Spec.Name, 0); err != nil {
 				t.Errorf("cleanup: %v", err)
 			}
-			if err := d.Delete(ctx, i.Spec.Name); err != nil {
+			if err := cd.Delete(ctx, i.Spec.Name); err != nil {
 				t.Errorf("cleanup: %v", err)
 			}
 		}
+		cd.Close()
 		d.Close()
 		os.RemoveAll(dir)
 	})

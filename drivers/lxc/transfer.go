@@ -55,6 +55,9 @@ func copyTree(ctx context.Context, src, dst string) error {
 
 // Snapshot implements driver.Snapshotter.
 func (d *Driver) Snapshot(ctx context.Context, name, snapshot string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	if err := names.Label(snapshot); err != nil {
 		return fmt.Errorf("snapshot name: %w", err)
 	}
@@ -90,6 +93,9 @@ func (d *Driver) Snapshot(ctx context.Context, name, snapshot string) error {
 
 // Snapshots implements driver.Snapshotter.
 func (d *Driver) Snapshots(ctx context.Context, name string) ([]driver.SnapshotInfo, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	if _, err := d.readMeta(name); err != nil {
 		return nil, err
 	}
@@ -116,6 +122,9 @@ func (d *Driver) Snapshots(ctx context.Context, name string) ([]driver.SnapshotI
 // Restore implements driver.Snapshotter. The snapshot's copy is made
 // beside the container, then swapped in.
 func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	if err := names.Label(snapshot); err != nil {
 		return fmt.Errorf("snapshot name: %w", err)
 	}
@@ -145,6 +154,9 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 // Clone implements driver.Snapshotter: the copy keeps the spec but its
 // network addresses and gateways, and gets no snapshots.
 func (d *Driver) Clone(ctx context.Context, src, dst string) (*driver.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	if err := names.Label(dst); err != nil {
 		return nil, err
 	}
@@ -170,6 +182,9 @@ func (d *Driver) Clone(ctx context.Context, src, dst string) (*driver.Info, erro
 // Export implements driver.Transferer: an archive of package image whose
 // metadata is the container's spec as JSON.
 func (d *Driver) Export(ctx context.Context, name string, w io.Writer) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	m, unlock, err := d.lockStopped(ctx, name)
 	if err != nil {
 		return err
@@ -185,6 +200,9 @@ func (d *Driver) Export(ctx context.Context, name string, w io.Writer) error {
 // Import implements driver.Transferer. The archive is extracted into a
 // staging directory, which is removed on any error.
 func (d *Driver) Import(ctx context.Context, r io.Reader, rename string) (*driver.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	if rename != "" {
 		if err := names.Label(rename); err != nil {
 			return nil, err
