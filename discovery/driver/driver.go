@@ -42,7 +42,9 @@ type Driver interface {
 	// Services returns the names of the registered services, sorted.
 	Services(ctx context.Context) ([]string, error)
 	// Close releases the driver's resources; registrations made through
-	// it stay (in a remote registry) or go (in-process ones).
+	// it stay (in a remote registry) or go (in-process ones). Closing
+	// again returns nil; every other method then fails with
+	// errcode.FailedPrecondition.
 	Close() error
 }
 

@@ -1,7 +1,7 @@
 // Package drivertest is the conformance suite every discovery driver
 // passes: registration, resolution, replacement, tags and metadata, the
 // three kinds of health checks against real listeners, blocking waits,
-// and the rejection of bad input. The same test names run on every driver:
+// the rejection of bad input, and Close. The same test names run on every driver:
 // memdiscovery and drivers/consul against a real Consul agent.
 package drivertest
 
@@ -59,6 +59,7 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"TCPCheck", testTCP},
 		{"HTTPCheck", testHTTP},
 		{"Wait", testWait},
+		{"Close", testClose},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -345,4 +346,35 @@ func testWait(t *testing.T, s *suite) {
 	if again, err := s.d.Wait(c, "queue", res.Index); err == nil && (again.Index < res.Index || !slices.Equal(ids(again.Entries), ids(res.Entries))) {
 		t.Fatalf("Wait with nothing changing returned %+v", again)
 	}
+}
+
+// testClose closes a driver with a registration twice, then uses it: every
+// method fails with errcode.FailedPrecondition.
+func testClose(t *testing.T, s *suite) {
+	c := ctx(t)
+	inst := &driver.Instance{ID: "closing-1", Service: "closing", Address: "198.19.0.30", Port: 80}
+	s.register(t, inst)
+	if err := s.d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := s.d.Close(); err != nil {
+		t.Fatalf("Close again: %v", err)
+	}
+	closed := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, errcode.FailedPrecondition) {
+			t.Fatalf("%s after Close: got error %v (code %v), want code %v", what, err, errcode.Of(err), errcode.FailedPrecondition)
+		}
+	}
+	other := *inst
+	other.ID = "closing-2"
+	closed("Register", s.d.Register(c, &other))
+	closed("Deregister", s.d.Deregister(c, inst.ID))
+	closed("PassTTL", s.d.PassTTL(c, inst.ID))
+	_, err := s.d.Resolve(c, driver.Query{Service: inst.Service})
+	closed("Resolve", err)
+	_, err = s.d.Wait(c, inst.Service, 0)
+	closed("Wait", err)
+	_, err = s.d.Services(c)
+	closed("Services", err)
 }

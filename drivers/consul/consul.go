@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -52,8 +53,9 @@ type Options struct {
 // Driver is a discovery driver on a Consul agent. It is safe for
 // concurrent use.
 type Driver struct {
-	c    *api.Client
-	wait time.Duration
+	c      *api.Client
+	wait   time.Duration
+	closed atomic.Bool
 }
 
 // Open returns a driver for the agent at opts.Address, after checking
@@ -97,6 +99,9 @@ func checkID(id string) string { return "service:" + id }
 
 // Register implements driver.Driver.
 func (d *Driver) Register(ctx context.Context, inst *driver.Instance) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	if err := inst.Validate(); err != nil {
 		return err
 	}
@@ -136,6 +141,9 @@ func (d *Driver) Register(ctx context.Context, inst *driver.Instance) error {
 
 // Deregister implements driver.Driver.
 func (d *Driver) Deregister(ctx context.Context, id string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	if err := driver.ValidID(id); err != nil {
 		return err
 	}
@@ -159,6 +167,9 @@ func (d *Driver) known(ctx context.Context, id string) error {
 
 // PassTTL implements driver.Driver.
 func (d *Driver) PassTTL(ctx context.Context, id string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	if err := driver.ValidID(id); err != nil {
 		return err
 	}
@@ -213,6 +224,9 @@ func nilIfEmptyMap(m map[string]string) map[string]string {
 
 // Resolve implements driver.Driver.
 func (d *Driver) Resolve(ctx context.Context, q driver.Query) ([]driver.Entry, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
@@ -225,6 +239,9 @@ func (d *Driver) Resolve(ctx context.Context, q driver.Query) ([]driver.Entry, e
 
 // Wait implements driver.Driver with a blocking query.
 func (d *Driver) Wait(ctx context.Context, service string, index uint64) (*driver.Result, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	if err := driver.ValidService(service); err != nil {
 		return nil, err
 	}
@@ -242,6 +259,9 @@ func (d *Driver) Wait(ctx context.Context, service string, index uint64) (*drive
 // Services implements driver.Driver: the catalog's services but Consul's
 // own.
 func (d *Driver) Services(ctx context.Context) ([]string, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	svcs, _, err := d.c.Catalog().Services((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, consulErr("listing services", err)
@@ -250,8 +270,21 @@ func (d *Driver) Services(ctx context.Context) ([]string, error) {
 	return slices.Sorted(maps.Keys(svcs)), nil
 }
 
-// Close implements driver.Driver; registrations stay with the agent.
-func (d *Driver) Close() error { return nil }
+// Close implements driver.Driver. Registrations stay in Consul. Closing
+// again returns nil; every other method but Client then fails with
+// errcode.FailedPrecondition.
+func (d *Driver) Close() error {
+	d.closed.Store(true)
+	return nil
+}
+
+// checkOpen returns errcode.FailedPrecondition once the driver is closed.
+func (d *Driver) checkOpen() error {
+	if d.closed.Load() {
+		return errcode.New(errcode.FailedPrecondition, "consul: the driver is closed")
+	}
+	return nil
+}
 
 // consulErr gives an error of the Consul API its code.
 func consulErr(what string, err error) error {

@@ -45,6 +45,9 @@ type LockOptions struct {
 // letters, digits and "-_./", not starting with "/"), or ctx ends. Several
 // controllers call Lock on one key: one leads at a time.
 func (d *Driver) Lock(ctx context.Context, key string, opts *LockOptions) (*Leadership, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	if key == "" || strings.HasPrefix(key, "/") || strings.Contains(key, "..") || strings.IndexFunc(key, func(r rune) bool {
 		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./", r))
 	}) >= 0 {
