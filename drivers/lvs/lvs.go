@@ -323,6 +323,10 @@ func (d *Driver) change(ctx context.Context, fn func(*driver.Config) (*driver.Co
 		return err
 	}
 	d.mu.Lock()
+	if err := d.checkOpen(); err != nil { // d.cfg is empty once closed
+		d.mu.Unlock()
+		return err
+	}
 	cfg, err := fn(d.cfg)
 	d.mu.Unlock()
 	if err != nil {
@@ -518,7 +522,8 @@ func (d *Driver) probe(ctx context.Context, hc *driver.HealthCheck, s driver.Ser
 }
 
 // Close implements driver.Driver: it stops the health checks and removes
-// the driver's IPVS services. It is safe to call more than once.
+// the driver's IPVS services. It is safe to call more than once; every
+// other method but Capabilities then fails with errcode.FailedPrecondition.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	if d.closed {

@@ -53,7 +53,8 @@ type Driver interface {
 	Capabilities() Capabilities
 	// Close stops the speaker, releases the floating addresses and the
 	// driver's resources (including addresses a dead speaker left). It is
-	// safe to call more than once; later calls return nil.
+	// safe to call more than once; later calls return nil. Apply and Watch
+	// then fail with errcode.FailedPrecondition; Status reports Stopped.
 	Close() error
 }
 

@@ -259,9 +259,15 @@ func testClose(t *testing.T, h Harness) {
 	for range ev { // closed by Close
 	}
 	if err := a.Close(); err != nil {
-		t.Fatalf("a second Close = %v", err)
+		t.Fatalf("Close again: %v", err)
 	}
 	if err := a.Apply(t.Context(), ca); !errors.Is(err, errcode.FailedPrecondition) {
-		t.Fatalf("Apply after Close = %v, want FailedPrecondition", err)
+		t.Fatalf("Apply after Close: got error %v (code %v), want code %v", err, errcode.Of(err), errcode.FailedPrecondition)
+	}
+	if _, err := a.Watch(t.Context()); !errors.Is(err, errcode.FailedPrecondition) {
+		t.Fatalf("Watch after Close: got error %v (code %v), want code %v", err, errcode.Of(err), errcode.FailedPrecondition)
+	}
+	if st, err := a.Status(t.Context()); err != nil || st.State != driver.Stopped || len(st.Addresses) != 0 {
+		t.Fatalf("Status after Close and Apply: %+v, %v; want stopped, no addresses", st, err)
 	}
 }

@@ -61,7 +61,8 @@ type Driver interface {
 	// Capabilities says which optional features the driver supports.
 	Capabilities() Capabilities
 	// Close stops the balancer and releases its resources. It is safe to
-	// call more than once.
+	// call more than once; later calls return nil. Every other method but
+	// Capabilities then fails with errcode.FailedPrecondition.
 	Close() error
 }
 

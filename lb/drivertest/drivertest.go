@@ -465,15 +465,31 @@ func testRawSnippets(t *testing.T, s *suite) {
 	s.wantConfig(t, "after a rejected snippet", good)
 }
 
+// testClose closes a running balancer twice, then uses it: every method
+// but Capabilities fails with errcode.FailedPrecondition.
 func testClose(t *testing.T, s *suite) {
-	s.apply(t, s.config(t))
+	c := ctx(t)
+	cfg := s.config(t)
+	s.apply(t, cfg)
+	caps := s.d.Capabilities()
 	if err := s.d.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	if err := s.d.Close(); err != nil {
-		t.Fatalf("second Close: %v", err)
+		t.Fatalf("Close again: %v", err)
 	}
-	wantCode(t, "Apply after Close", s.d.Apply(ctx(t), s.config(t)), errcode.FailedPrecondition)
+	wantCode(t, "Apply after Close", s.d.Apply(c, cfg), errcode.FailedPrecondition)
+	_, err := s.d.Config(c)
+	wantCode(t, "Config after Close", err, errcode.FailedPrecondition)
+	wantCode(t, "AddServer after Close", s.d.AddServer(c, "web", driver.Server{Name: "d", Address: "127.0.0.1", Port: 18084}), errcode.FailedPrecondition)
+	wantCode(t, "RemoveServer after Close", s.d.RemoveServer(c, "web", "b"), errcode.FailedPrecondition)
+	wantCode(t, "SetWeight after Close", s.d.SetWeight(c, "web", "b", 3), errcode.FailedPrecondition)
+	wantCode(t, "SetState after Close", s.d.SetState(c, "web", "b", driver.Drain), errcode.FailedPrecondition)
+	_, err = s.d.Stats(c)
+	wantCode(t, "Stats after Close", err, errcode.FailedPrecondition)
+	if got := s.d.Capabilities(); got != caps {
+		t.Fatalf("Capabilities after Close = %+v, want %+v still", got, caps)
+	}
 }
 
 // testSideBySide runs two balancers at once: nothing they keep (files,
