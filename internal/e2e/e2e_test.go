@@ -90,7 +90,14 @@ func TestRemoteLXCConformance(t *testing.T) {
 			if err != nil || len(list) != 0 {
 				t.Fatalf("the server is not fresh: %d containers, %v", len(list), err)
 			}
-			return s.Client
+			// A client of its own: the suite closes it, and the
+			// fleet's Client must outlive the suite.
+			c, err := s.Dial(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			return c
 		},
 		Image:        "base",
 		Bridge:       fleet.Bridge,

@@ -247,6 +247,12 @@ func (s *Server) start(ctx context.Context, joinArgs ...string) error {
 	}
 }
 
+// Dial returns another client of the agent, with the orchestrator's
+// credentials, for a caller that closes it (Client stays the fleet's).
+func (s *Server) Dial(ctx context.Context) (*agent.Client, error) {
+	return agent.Dial(ctx, s.Addr, s.fleet.keys, nil)
+}
+
 // Kill kills the agent at once with SIGKILL, as a crash would. Its
 // containers keep running.
 func (s *Server) Kill() error { return s.halt(syscall.SIGKILL) }
