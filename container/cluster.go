@@ -343,7 +343,7 @@ func (c *Cluster) Move(ctx context.Context, name, from, to string, opts *Transfe
 }
 
 // DefaultFinishTimeout is TransferOptions.FinishTimeout's default.
-const DefaultFinishTimeout = time.Minute
+const DefaultFinishTimeout = 15 * time.Second
 
 // TransferError is the error of a Copy or Move that failed after it began
 // changing servers. It says where the container is.

@@ -12,6 +12,7 @@ import (
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/drivertest"
+	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/container/memcontainer"
 	"github.com/musterkit/muster/errcode"
 )
@@ -55,12 +56,14 @@ var (
 // fails imports), with the base image on a, and a running container "web"
 // holding /root/data on a.
 func newCluster(t *testing.T) (*container.Cluster, []byte) {
+	m, blob := drivertest.BaseImage(t)
+	data := bytes.Repeat([]byte("muster!\n"), 1<<18) // 2 MiB
 	return newClusterOf(t, func(p *peered) peer {
 		if p.endpoint == "c:7444" {
 			p.failAfter = 64 << 10
 		}
 		return p
-	})
+	}, m, blob, data)
 }
 
 // peer is a server's driver as the cluster and the other servers see it.
@@ -69,8 +72,9 @@ type peer interface {
 	driver.Transferer
 }
 
-// newClusterOf is newCluster with each server's driver made by wrap.
-func newClusterOf(t *testing.T, wrap func(*peered) peer) (*container.Cluster, []byte) {
+// newClusterOf is newCluster with each server's driver made by wrap, the
+// image m (blob) as "base" and data in /root/data.
+func newClusterOf(t *testing.T, wrap func(*peered) peer, m *image.Manifest, blob, data []byte) (*container.Cluster, []byte) {
 	t.Helper()
 	ctx := context.Background()
 	cl := container.NewCluster(nil)
@@ -83,7 +87,6 @@ func newClusterOf(t *testing.T, wrap func(*peered) peer) (*container.Cluster, []
 		}
 	}
 	a, _ := cl.Server("a")
-	m, blob := drivertest.BaseImage(t)
 	if _, err := a.PutImage(ctx, m, bytes.NewReader(blob)); err != nil {
 		t.Fatal(err)
 	}
@@ -93,9 +96,8 @@ func newClusterOf(t *testing.T, wrap func(*peered) peer) (*container.Cluster, []
 	if err := a.Start(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}
-	data := bytes.Repeat([]byte("muster!\n"), 1<<18) // 2 MiB
-	if _, err := a.Exec(ctx, "web", &container.Process{Args: []string{"tee", "/root/data"}, Stdin: bytes.NewReader(data)}); err != nil {
-		t.Fatal(err)
+	if code, err := a.Exec(ctx, "web", &container.Process{Args: []string{"tee", "/root/data"}, Stdin: bytes.NewReader(data)}); err != nil || code != 0 {
+		t.Fatalf("writing /root/data: exit %d, %v", code, err)
 	}
 	return cl, data
 }

@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/driver"
+	"github.com/musterkit/muster/container/image"
 	"github.com/musterkit/muster/errcode"
 )
 
@@ -147,7 +150,7 @@ func TestTransferFaults(t *testing.T) {
 
 // transferEvents returns the events of a transfer without faults.
 func transferEvents(t *testing.T, mode container.TransferMode, move bool) []container.Event {
-	cl, _ := newClusterOf(t, func(p *peered) peer { return &flaky{peered: p} })
+	cl, _ := newFaultCluster(t, func(p *peered) peer { return &flaky{peered: p} })
 	var events []container.Event
 	opts := &container.TransferOptions{Mode: mode, Progress: func(e container.Event) { events = append(events, e) }}
 	if _, err := transferOp(cl, move)(context.Background(), "web", "a", "b", opts); err != nil {
@@ -165,7 +168,7 @@ func transferOp(cl *container.Cluster, move bool) func(context.Context, string, 
 
 func testTransferFault(t *testing.T, mode container.TransferMode, move bool, in injection) {
 	servers := map[string]*flaky{}
-	cl, data := newClusterOf(t, func(p *peered) peer {
+	cl, data := newFaultCluster(t, func(p *peered) peer {
 		f := &flaky{peered: p}
 		servers[p.endpoint[:1]] = f
 		return f
@@ -242,4 +245,26 @@ func testTransferFault(t *testing.T, mode container.TransferMode, move bool, in 
 	if !move && te.At != "a" {
 		t.Fatalf("a failed copy reports the container on %q", te.At)
 	}
+}
+
+// newFaultCluster is newClusterOf with an image of two small files and 4 KiB
+// of data: the faults do not depend on the size, and the cases are many.
+func newFaultCluster(t *testing.T, wrap func(*peered) peer) (*container.Cluster, []byte) {
+	t.Helper()
+	src := t.TempDir()
+	for _, dir := range []string{"bin", "root"} {
+		if err := os.MkdirAll(filepath.Join(src, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, prog := range []string{"cat", "tee"} { // memcontainer runs them, if the image has them
+		if err := os.WriteFile(filepath.Join(src, "bin", prog), []byte("#!\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var blob bytes.Buffer
+	if err := image.WriteArchive(context.Background(), &blob, src, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	return newClusterOf(t, wrap, &image.Manifest{Name: "base"}, blob.Bytes(), bytes.Repeat([]byte("fault!\n"), 585))
 }

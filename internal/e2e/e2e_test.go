@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/driver"
@@ -259,7 +260,8 @@ func TestMoveTargetDiesMidTransfer(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			var killed atomic.Bool
-			_, err := f.Cluster.Move(ctx, "victim", "s0", "s1", &container.TransferOptions{Mode: mode, Progress: func(e container.Event) {
+			// The target stays dead: the rollback gives up on it after 2 s.
+			_, err := f.Cluster.Move(ctx, "victim", "s0", "s1", &container.TransferOptions{Mode: mode, FinishTimeout: 2 * time.Second, Progress: func(e container.Event) {
 				if e.Phase == container.PhaseTransfer && e.Bytes >= 4<<20 && !killed.Swap(true) {
 					if err := f.Servers[1].Kill(); err != nil {
 						t.Errorf("killing the target agent: %v", err)
