@@ -316,15 +316,9 @@ func TestLoadCredentialsChecksValidity(t *testing.T) {
 // A Save cut between replacing the key and the certificate is completed
 // by the next load: the pair always matches.
 func TestSaveCutBetweenKeyAndCertificate(t *testing.T) {
-	ca, err := pki.NewCA("test-cluster", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	oldCreds, err := ca.Issue("agent0", loopback, time.Hour, pki.UsageAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	newCreds, err := ca.Issue("agent0", loopback, time.Hour, pki.UsageAgent)
+	cl := newCluster(t, nil)
+	oldCreds := cl.agent
+	newCreds, err := cl.ca.Issue("agent0", loopback, time.Hour, pki.UsageAgent)
 	if err != nil {
 		t.Fatal(err)
 	}

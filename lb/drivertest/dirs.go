@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -64,5 +67,29 @@ func RunBadDirTests(t *testing.T, base string, dirs []string, render func(dir st
 	}
 	if entries, _ := os.ReadDir(base); len(entries) != 0 {
 		t.Errorf("Open created %s", entries[0].Name())
+	}
+}
+
+// CheckRenderedDir checks what a renderer made of instance directory dir,
+// for fuzz targets: conf has as many lines as ref (the same config
+// rendered for another directory: the directory adds no line), the quoted
+// path that pathLine's first group matches reads back as want, and every
+// file lies in a directory of its own under dir.
+func CheckRenderedDir(t *testing.T, dir, conf, ref string, pathLine *regexp.Regexp, want string, files map[string][]byte) {
+	t.Helper()
+	if strings.Count(ref, "\n") != strings.Count(conf, "\n") {
+		t.Fatalf("dir %q changes the number of lines:\n%s", dir, conf)
+	}
+	m := pathLine.FindStringSubmatch(conf)
+	if m == nil {
+		t.Fatalf("no line matches %v:\n%s", pathLine, conf)
+	}
+	if got, err := strconv.Unquote(m[1]); err != nil || got != want {
+		t.Fatalf("path %s reads as %q (%v), want %q", m[1], got, err, want)
+	}
+	for file := range files {
+		if filepath.Dir(filepath.Dir(file)) != dir {
+			t.Fatalf("file %q outside %q", file, dir)
+		}
 	}
 }
