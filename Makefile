@@ -12,9 +12,13 @@ BIN := $(CURDIR)/bin
 # BIRD 2 as the independent BGP peer, HAProxy and Nginx (with its stream
 # module) for the load balancers, keepalived for floating IPs, iperf3 and wrk
 # for the benchmarks, nftables to filter ports in the preflight test, dig
-# (dnsutils) as a real DNS client.
+# (dnsutils) as a real DNS client; GlusterFS, MooseFS and nfs-ganesha (with
+# rpcbind, and libnfs-utils as a userspace NFS client) for storage, with
+# fuse3 for their FUSE mounts.
 DEB_PACKAGES := lxc lxc-dev busybox-static iproute2 iputils-ping zstd pkg-config gcc bird2 \
-	haproxy nginx-light libnginx-mod-stream keepalived iperf3 wrk nftables dnsutils
+	haproxy nginx-light libnginx-mod-stream keepalived iperf3 wrk nftables dnsutils \
+	glusterfs-server glusterfs-client moosefs-master moosefs-chunkserver moosefs-metalogger \
+	moosefs-client nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils fuse3
 TEST_TIMEOUT ?= 25m
 # Consul 1.13.9 (MPL-2.0) has no Debian package: it is built once from the
 # Go module proxy by the tools/consul module and cached.
