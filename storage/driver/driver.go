@@ -39,8 +39,8 @@ type Driver interface {
 	// volumes cfg.Mounts name, unmounting those it no longer names.
 	// Applying a config equal to the one in force changes nothing.
 	//
-	// Apply never destroys data: a volume in force that cfg does not list
-	// is errcode.FailedPrecondition (RemoveVolume removes one), as is a
+	// Apply never destroys data: on the coordinator, a volume in force
+	// that cfg does not list is errcode.FailedPrecondition (RemoveVolume removes one), as is a
 	// changed layout or a removed member. Members added to cfg.Pool grow
 	// the pool where Capabilities().Grow says so, else
 	// errcode.Unimplemented. A config that fails Validate is

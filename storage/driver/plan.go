@@ -30,8 +30,9 @@ func (p *Plan) Empty() bool {
 // PlanApply returns what applying next over old (nil before the first
 // Apply) takes. next must have passed Validate. A change Apply may not
 // make is errcode.FailedPrecondition: another pool or server, a changed
-// layout, a member removed or changed, a volume dropped (RemoveVolume
-// removes one). A mount whose ReadOnly changed is unmounted and mounted
+// layout, a member removed or changed, a volume dropped on the
+// coordinator (RemoveVolume removes one; elsewhere the volume list is a
+// view of the pool, and a volume dropped from it is only forgotten). A mount whose ReadOnly changed is unmounted and mounted
 // again.
 func PlanApply(old, next *Config) (*Plan, error) {
 	if old == nil {
@@ -51,7 +52,7 @@ func PlanApply(old, next *Config) (*Plan, error) {
 	}
 	plan.Added = next.Pool.Members[len(old.Pool.Members):]
 	for _, v := range old.Volumes {
-		if _, ok := next.Volume(v.Name); !ok {
+		if _, ok := next.Volume(v.Name); !ok && next.Pool.Coordinator().Server == next.Self {
 			return nil, errcode.New(errcode.FailedPrecondition, "pool %q: volume %q is in force and not in the config; remove it with RemoveVolume", old.Pool.Name, v.Name)
 		}
 	}
