@@ -11,11 +11,15 @@ package driver
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/musterkit/muster/container/image"
+	"github.com/musterkit/muster/errcode"
 )
 
 // Driver manages the containers of one server.
@@ -172,11 +176,57 @@ type Limits struct {
 	Pids     int64 `json:"pids,omitempty"`
 }
 
-// Mount bind-mounts a directory of the server into the container.
+// Mount bind-mounts a directory of the server, or a storage volume the
+// server mounted, into the container.
 type Mount struct {
-	Source   string `json:"source"` // absolute path on the server
+	// Source is an absolute path on the server; empty for a Volume.
+	Source string `json:"source,omitempty"`
+	// Volume names a storage volume as pool/volume, instead of a Source:
+	// the driver asks its VolumePaths where the server mounted it, on
+	// whichever server the container is created, imported or started, so
+	// a container that moves finds its volume mounted on the new server
+	// (package storage mounts it; container.Cluster does so before it
+	// creates or moves such a container).
+	Volume   string `json:"volume,omitempty"`
 	Target   string `json:"target"` // absolute path in the container
 	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// PoolVolume splits m.Volume into its pool and volume names.
+func (m Mount) PoolVolume() (pool, volume string) {
+	pool, volume, _ = strings.Cut(m.Volume, "/")
+	return pool, volume
+}
+
+// VolumePaths says where a server mounted storage volumes; a container
+// driver that takes Volume mounts is given one (the agent gives its
+// storage service).
+type VolumePaths interface {
+	// VolumePath returns the path on this server where volume of pool is
+	// mounted; errcode.FailedPrecondition if it is not mounted here.
+	VolumePath(ctx context.Context, pool, volume string) (string, error)
+}
+
+// ResolveMounts returns spec's mounts with each Volume's Source set to
+// where vp says the server mounted it. Without vp, a Volume mount is
+// errcode.Unimplemented.
+func ResolveMounts(ctx context.Context, spec *Spec, vp VolumePaths) ([]Mount, error) {
+	out := slices.Clone(spec.Mounts)
+	for i, m := range out {
+		if m.Volume == "" {
+			continue
+		}
+		if vp == nil {
+			return nil, errcode.New(errcode.Unimplemented, "container %q mounts volume %s, and this server's container driver was given no storage volumes", spec.Name, m.Volume)
+		}
+		pool, volume := m.PoolVolume()
+		src, err := vp.VolumePath(ctx, pool, volume)
+		if err != nil {
+			return nil, fmt.Errorf("container %q: volume %s: %w", spec.Name, m.Volume, err)
+		}
+		out[i].Source = src
+	}
+	return out, nil
 }
 
 // Network attaches the container to a bridge on the server through a veth.

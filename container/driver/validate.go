@@ -32,8 +32,11 @@ func (s *Spec) Validate() error {
 		return errcode.New(errcode.InvalidArgument, "memory limit %d is below 4 MiB", l.MemoryBytes)
 	}
 	targets := map[string]bool{}
+	if len(s.Mounts) > MaxMounts {
+		return errcode.New(errcode.InvalidArgument, "%d mounts; at most %d", len(s.Mounts), MaxMounts)
+	}
 	for _, m := range s.Mounts {
-		if err := validPath("mount source", m.Source); err != nil {
+		if err := m.validSource(); err != nil {
 			return err
 		}
 		if err := validPath("mount target", m.Target); err != nil {
@@ -201,6 +204,30 @@ func isAlnum(c byte) bool {
 
 // validPath accepts an absolute, clean path without control characters,
 // commas or whitespace runs that a configuration line could misread.
+// MaxMounts bounds a Spec's mounts.
+const MaxMounts = 64
+
+// validSource checks that m names exactly one of a Source path and a
+// pool/volume.
+func (m Mount) validSource() error {
+	if m.Volume == "" {
+		return validPath("mount source", m.Source)
+	}
+	if m.Source != "" {
+		return errcode.New(errcode.InvalidArgument, "mount of volume %q also names source %q; give one of them", m.Volume, m.Source)
+	}
+	pool, volume, ok := strings.Cut(m.Volume, "/")
+	if !ok {
+		return errcode.New(errcode.InvalidArgument, "mount volume %q: write pool/volume", m.Volume)
+	}
+	for _, n := range []string{pool, volume} {
+		if err := names.Label(n); err != nil {
+			return fmt.Errorf("mount volume %q: %w", m.Volume, err)
+		}
+	}
+	return nil
+}
+
 func validPath(what, p string) error {
 	if !path.IsAbs(p) || path.Clean(p) != p {
 		return errcode.New(errcode.InvalidArgument, "%s %q must be an absolute, clean path", what, p)

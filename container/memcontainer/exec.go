@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +29,7 @@ func (d *Driver) Exec(ctx context.Context, name string, p *driver.Process) (int,
 	var spec driver.Spec
 	if err == nil {
 		spec = cloneSpec(&c.spec)
+		spec.Mounts = slices.Clone(c.mounts)
 	}
 	d.mu.Unlock()
 	if err != nil {

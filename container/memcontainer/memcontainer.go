@@ -56,6 +56,11 @@ type Options struct {
 	// image.DefaultLimits values, except that MaxBytes defaults to 1 GiB
 	// and MaxEntries to 100,000: this driver keeps every file in memory.
 	ArchiveLimits image.Limits
+	// Volumes says where the server mounted storage volumes, for
+	// containers that mount one (driver.Mount.Volume); each must be a
+	// directory, as any mount source. Nil refuses them with
+	// errcode.Unimplemented.
+	Volumes driver.VolumePaths
 }
 
 // Driver is an in-memory driver.Driver. It is safe for concurrent use.
@@ -87,6 +92,8 @@ type ctr struct {
 	created   time.Time
 	fs        tree
 	snapshots []snapshot
+	// mounts are spec's mounts as resolved when it last started.
+	mounts []driver.Mount
 }
 
 type snapshot struct {
@@ -143,7 +150,7 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Info, e
 	if m == nil {
 		return nil, errcode.New(errcode.NotFound, "image %q not found", spec.Image)
 	}
-	if err := d.checkHost(spec); err != nil {
+	if _, err := d.checkHost(ctx, spec); err != nil {
 		return nil, err
 	}
 	blob := d.blobs[m.Digest]
@@ -157,23 +164,28 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Info, e
 	return d.info(c), nil
 }
 
-// checkHost reports what spec needs of the server that it lacks.
-func (d *Driver) checkHost(spec *driver.Spec) error {
+// checkHost reports what spec needs of the server that it lacks, and
+// returns spec's mounts with their volumes' paths on it.
+func (d *Driver) checkHost(ctx context.Context, spec *driver.Spec) ([]driver.Mount, error) {
 	for _, n := range spec.Networks {
 		if !slices.Contains(d.opts.Bridges, n.Bridge) {
-			return errcode.New(errcode.NotFound, "bridge %q does not exist", n.Bridge)
+			return nil, errcode.New(errcode.NotFound, "bridge %q does not exist", n.Bridge)
 		}
 	}
-	for _, m := range spec.Mounts {
+	mounts, err := driver.ResolveMounts(ctx, spec, d.opts.Volumes)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range mounts {
 		st, err := os.Stat(m.Source)
 		if err != nil {
-			return errcode.New(errcode.NotFound, "mount source %q: %w", m.Source, err)
+			return nil, errcode.New(errcode.NotFound, "mount source %q: %w", m.Source, err)
 		}
 		if !st.IsDir() {
-			return errcode.New(errcode.InvalidArgument, "mount source %q is not a directory", m.Source)
+			return nil, errcode.New(errcode.InvalidArgument, "mount source %q is not a directory", m.Source)
 		}
 	}
-	return nil
+	return mounts, nil
 }
 
 // Delete implements driver.Driver.
@@ -208,9 +220,11 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 	if c.state != driver.Stopped {
 		return errcode.New(errcode.FailedPrecondition, "container %q is already %s", name, c.state)
 	}
-	if err := d.checkHost(&c.spec); err != nil {
+	mounts, err := d.checkHost(ctx, &c.spec)
+	if err != nil {
 		return err
 	}
+	c.mounts = mounts
 	d.nextPID++
 	c.state, c.pid = driver.Running, d.nextPID
 	return nil

@@ -62,6 +62,10 @@ type Options struct {
 	// into its store and unpacked from it, and imported containers. Zero
 	// fields take the image.DefaultLimits values.
 	ArchiveLimits image.Limits
+	// Volumes says where the server mounted storage volumes, for
+	// containers that mount one (driver.Mount.Volume); nil refuses them
+	// with errcode.Unimplemented.
+	Volumes driver.VolumePaths
 }
 
 // Driver runs the LXC containers of one server. It is safe for concurrent
@@ -74,6 +78,7 @@ type Driver struct {
 	cgroups  cgroupLayout
 	lxcStart string // path of the lxc-start program
 	locks    nameLocks
+	volumes  driver.VolumePaths
 	closed   atomic.Bool
 }
 
@@ -118,7 +123,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{lxcpath: lxcpath, images: store, limits: opts.ArchiveLimits, log: log, cgroups: cg, lxcStart: lxcStart}
+	d := &Driver{lxcpath: lxcpath, images: store, limits: opts.ArchiveLimits, log: log, cgroups: cg, lxcStart: lxcStart, volumes: opts.Volumes}
 	entries, err := os.ReadDir(lxcpath)
 	if err != nil {
 		return nil, err
@@ -274,8 +279,8 @@ func (d *Driver) state(c *golxc.Container, name string) (driver.State, error) {
 
 // writeFiles writes a container's LXC config and record into a staging
 // directory, whose rename makes them visible together.
-func (d *Driver) writeFiles(stage string, m *meta) error {
-	conf, err := renderConfig(&m.Spec, configEnv{LXCPath: d.lxcpath, Cgroups: d.cgroups})
+func (d *Driver) writeFiles(ctx context.Context, stage string, m *meta) error {
+	conf, err := d.render(ctx, &m.Spec)
 	if err != nil {
 		return err
 	}
@@ -289,10 +294,23 @@ func (d *Driver) writeFiles(stage string, m *meta) error {
 	return os.WriteFile(filepath.Join(stage, metaFile), append(rec, '\n'), 0o600)
 }
 
+// render renders spec's LXC config with its volumes' mounts on this
+// server (the record keeps the volumes' names, so that another server
+// finds its own mounts when the container moves there).
+func (d *Driver) render(ctx context.Context, spec *driver.Spec) ([]byte, error) {
+	mounts, err := driver.ResolveMounts(ctx, spec, d.volumes)
+	if err != nil {
+		return nil, err
+	}
+	resolved := *spec
+	resolved.Mounts = mounts
+	return renderConfig(&resolved, configEnv{LXCPath: d.lxcpath, Cgroups: d.cgroups})
+}
+
 // refreshConfig renders the LXC config of an existing container again and,
 // if it changed, replaces it atomically.
-func (d *Driver) refreshConfig(m *meta) error {
-	conf, err := renderConfig(&m.Spec, configEnv{LXCPath: d.lxcpath, Cgroups: d.cgroups})
+func (d *Driver) refreshConfig(ctx context.Context, m *meta) error {
+	conf, err := d.render(ctx, &m.Spec)
 	if err != nil {
 		return err
 	}
@@ -407,7 +425,7 @@ func (d *Driver) commit(ctx context.Context, stage string, spec *driver.Spec) (*
 		return nil, err
 	}
 	m := &meta{Spec: *spec, Created: time.Now().UTC().Truncate(time.Microsecond)}
-	if err := d.writeFiles(stage, m); err != nil {
+	if err := d.writeFiles(ctx, stage, m); err != nil {
 		return nil, err
 	}
 	if err := os.Rename(stage, d.path(spec.Name)); err != nil {
@@ -482,7 +500,7 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 	}
 	// The config follows this driver's version and the host's cgroup
 	// layout, which may have changed since the container was created.
-	if err := d.refreshConfig(m); err != nil {
+	if err := d.refreshConfig(ctx, m); err != nil {
 		return err
 	}
 	logFile := d.path(name, "lxc.log")
