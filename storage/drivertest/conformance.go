@@ -24,38 +24,40 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		t.Fatal("drivertest: the harness needs Servers and Members")
 	}
 	tests := []struct {
-		name string
-		run  func(*testing.T, *suite)
+		name, pool string
+		run        func(*testing.T, *suite)
 	}{
-		{"BadInput", testBadInput},
-		{"Unsupported", testUnsupported},
-		{"SharedVolume", testSharedVolume},
-		{"Access", testAccess},
-		{"Refusals", testRefusals},
-		{"Restart", testRestart},
-		{"Leave", testLeave},
-		{"Close", testClose},
+		{"BadInput", "bad", testBadInput},
+		{"Unsupported", "unsup", testUnsupported},
+		{"SharedVolume", "shared", testSharedVolume},
+		{"Access", "access", testAccess},
+		{"Refusals", "refusals", testRefusals},
+		{"Restart", "restart", testRestart},
+		{"Leave", "leave", testLeave},
+		{"Close", "closing", testClose},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) { tt.run(t, newSuite(t, h)) })
+		t.Run(tt.name, func(t *testing.T) { tt.run(t, newSuite(t, h, tt.pool)) })
 	}
 }
 
-// suite is one subtest's servers: the pool's members, then one client.
+// suite is one subtest's servers, the pool's members then one client,
+// and their drivers of the subtest's pool.
 type suite struct {
 	h       Harness
+	name    string // the pool's
 	servers []Server
 	drivers []driver.Driver
 	caps    driver.Capabilities
 }
 
-func newSuite(t *testing.T, h Harness) *suite {
-	s := &suite{h: h, servers: h.Servers(t, h.Members+1)}
+func newSuite(t *testing.T, h Harness, pool string) *suite {
+	s := &suite{h: h, name: pool, servers: h.Servers(t, h.Members+1)}
 	if len(s.servers) != h.Members+1 {
 		t.Fatalf("drivertest: asked for %d servers, got %d", h.Members+1, len(s.servers))
 	}
 	for _, srv := range s.servers {
-		s.drivers = append(s.drivers, srv.Open(t))
+		s.drivers = append(s.drivers, srv.Open(t, pool))
 	}
 	s.caps = s.drivers[0].Capabilities()
 	return s
@@ -71,8 +73,8 @@ func ctx(t *testing.T) context.Context {
 func (s *suite) client() int { return len(s.servers) - 1 }
 
 // pool is the suite's pool over its members.
-func (s *suite) pool(name string) driver.Pool {
-	p := driver.Pool{Name: name, Layout: s.h.Layout}
+func (s *suite) pool() driver.Pool {
+	p := driver.Pool{Name: s.name, Layout: s.h.Layout}
 	for _, srv := range s.servers[:s.h.Members] {
 		p.Members = append(p.Members, driver.Member{Server: srv.Name, Addr: srv.Addr})
 	}
@@ -182,7 +184,7 @@ func wantCode(t *testing.T, what string, err error, code errcode.Code) {
 func testBadInput(t *testing.T, s *suite) {
 	d := s.drivers[0]
 	good := func() *driver.Config {
-		return &driver.Config{Pool: s.pool("bad"), Self: s.servers[0].Name, Volumes: []driver.Volume{{Name: "v"}}}
+		return &driver.Config{Pool: s.pool(), Self: s.servers[0].Name, Volumes: []driver.Volume{{Name: "v"}}}
 	}
 	members := func(n int) []driver.Member {
 		var ms []driver.Member
@@ -232,7 +234,7 @@ func testBadInput(t *testing.T, s *suite) {
 func testUnsupported(t *testing.T, s *suite) {
 	d := s.drivers[0]
 	base := func() *driver.Config {
-		return &driver.Config{Pool: s.pool("unsup"), Self: s.servers[0].Name, Volumes: []driver.Volume{{Name: "v"}}}
+		return &driver.Config{Pool: s.pool(), Self: s.servers[0].Name, Volumes: []driver.Volume{{Name: "v"}}}
 	}
 	exports := []driver.Export{{Clients: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}, Access: driver.ReadOnly}}
 	cases := []struct {
@@ -278,13 +280,13 @@ func testUnsupported(t *testing.T, s *suite) {
 }
 
 func testSharedVolume(t *testing.T, s *suite) {
-	p := s.pool("shared")
+	p := s.pool()
 	vols := []driver.Volume{{Name: "data"}}
 	cfgs := s.configs(p, vols, s.mounts("data", false))
 	s.applyAll(t, cfgs)
 
 	st := s.status(t, 0)
-	if st.Pool != "shared" || len(st.Members) != s.h.Members {
+	if st.Pool != s.name || len(st.Members) != s.h.Members {
 		t.Fatalf("Status = %+v; want pool shared with %d members", st, s.h.Members)
 	}
 	for _, m := range st.Members {
@@ -319,7 +321,7 @@ func testSharedVolume(t *testing.T, s *suite) {
 	s.applyAll(t, cfgs)
 	for i, d := range s.drivers {
 		cfg, err := d.Config(ctx(t))
-		if err != nil || cfg == nil || cfg.Pool.Name != "shared" || len(cfg.Volumes) != 1 || len(cfg.Mounts) != len(cfgs[i].Mounts) {
+		if err != nil || cfg == nil || cfg.Pool.Name != s.name || len(cfg.Volumes) != 1 || len(cfg.Mounts) != len(cfgs[i].Mounts) {
 			t.Fatalf("Config on %s = %+v, %v; want the one applied", s.servers[i].Name, cfg, err)
 		}
 	}
@@ -354,7 +356,7 @@ func testAccess(t *testing.T, s *suite) {
 			mounts[s.client()] = append(mounts[s.client()], driver.Mount{Volume: "ro"})
 		}
 	}
-	s.applyAll(t, s.configs(s.pool("access"), vols, mounts))
+	s.applyAll(t, s.configs(s.pool(), vols, mounts))
 
 	seed := []byte("seeded by the first member\n")
 	for _, v := range []string{"open", "ro"} {
@@ -395,7 +397,7 @@ func testAccess(t *testing.T, s *suite) {
 }
 
 func testRefusals(t *testing.T, s *suite) {
-	p := s.pool("refusals")
+	p := s.pool()
 	vols := []driver.Volume{{Name: "keep"}, {Name: "gone"}}
 	mounts := s.mounts("keep", false)
 	cfgs := s.configs(p, vols, mounts)
@@ -461,7 +463,7 @@ func testRefusals(t *testing.T, s *suite) {
 }
 
 func testRestart(t *testing.T, s *suite) {
-	p := s.pool("restart")
+	p := s.pool()
 	cfgs := s.configs(p, []driver.Volume{{Name: "data"}}, s.mounts("data", false))
 	s.applyAll(t, cfgs)
 	want := randomBytes(256 << 10)
@@ -472,7 +474,7 @@ func testRestart(t *testing.T, s *suite) {
 		if err := d.Close(); err != nil {
 			t.Fatalf("Close on %s: %v", s.servers[i].Name, err)
 		}
-		s.drivers[i] = s.servers[i].Open(t)
+		s.drivers[i] = s.servers[i].Open(t, s.name)
 	}
 	s.applyAll(t, cfgs)
 	for _, i := range []int{0, s.client()} {
@@ -486,7 +488,7 @@ func testRestart(t *testing.T, s *suite) {
 }
 
 func testLeave(t *testing.T, s *suite) {
-	p := s.pool("leave")
+	p := s.pool()
 	s.applyAll(t, s.configs(p, []driver.Volume{{Name: "data"}}, s.mounts("data", false)))
 	if err := s.files(t, 0, "data").WriteFile("f", []byte("x")); err != nil {
 		t.Fatal(err)
@@ -528,7 +530,7 @@ func testLeave(t *testing.T, s *suite) {
 
 func testClose(t *testing.T, s *suite) {
 	d := s.drivers[0]
-	cfg := s.configs(s.pool("closing"), nil, nil)
+	cfg := s.configs(s.pool(), nil, nil)
 	if err := d.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}

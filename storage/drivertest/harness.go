@@ -35,10 +35,11 @@ type Harness struct {
 type Server struct {
 	Name string
 	Addr netip.Addr
-	// Open opens the server's driver on its directory; opening again
-	// after Close gives a driver on the same directory, as an agent that
+	// Open opens the server's part in pool (the driver of that pool on
+	// that server, in a directory of its own); opening it again after
+	// Close gives a driver on the same directory, as an agent that
 	// restarts does.
-	Open func(t *testing.T) driver.Driver
+	Open func(t *testing.T, pool string) driver.Driver
 }
 
 // Files reads and writes files at the top of a volume.

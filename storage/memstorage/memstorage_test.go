@@ -28,7 +28,7 @@ func TestConformance(t *testing.T) {
 					var out []drivertest.Server
 					for i := range n {
 						name, addr := fmt.Sprintf("s%d", i), netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)})
-						out = append(out, drivertest.Server{Name: name, Addr: addr, Open: func(t *testing.T) driver.Driver {
+						out = append(out, drivertest.Server{Name: name, Addr: addr, Open: func(t *testing.T, _ string) driver.Driver {
 							d := c.Open(name, addr)
 							t.Cleanup(func() { d.Close() })
 							return d
