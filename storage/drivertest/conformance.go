@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-		"net/netip"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -194,28 +194,37 @@ func testBadInput(t *testing.T, s *suite) {
 		return ms
 	}
 	cases := map[string]func(*driver.Config){
-		"nil pool name":          func(c *driver.Config) { c.Pool.Name = "" },
-		"pool name injection":    func(c *driver.Config) { c.Pool.Name = "p\n}" },
-		"pool name path":         func(c *driver.Config) { c.Pool.Name = "../etc" },
-		"volume name path":       func(c *driver.Config) { c.Volumes[0].Name = "../../x" },
-		"volume name quote":      func(c *driver.Config) { c.Volumes[0].Name = `v";rm -rf /` },
-		"volume name option":     func(c *driver.Config) { c.Volumes[0].Name = "-o" },
-		"duplicate volume":       func(c *driver.Config) { c.Volumes = append(c.Volumes, driver.Volume{Name: "v"}) },
-		"no members":             func(c *driver.Config) { c.Pool.Members = nil },
-		"duplicate member":       func(c *driver.Config) { c.Pool.Members = append(c.Pool.Members, c.Pool.Members[0]) },
-		"member name":            func(c *driver.Config) { c.Pool.Members[0].Server = "a b" },
-		"member address":         func(c *driver.Config) { c.Pool.Members[0].Addr = netip.Addr{} },
-		"self":                   func(c *driver.Config) { c.Self = "x\x00" },
-		"copies above servers":   func(c *driver.Config) { c.Pool.Layout = driver.Layout{Kind: driver.Replicate, Copies: len(c.Pool.Members) + 1} },
-		"unknown layout":         func(c *driver.Config) { c.Pool.Layout = driver.Layout{Kind: "raid0"} },
-		"arbiter without three":  func(c *driver.Config) { c.Pool.Members = members(2); c.Pool.Layout = driver.Layout{Kind: driver.Replicate, Copies: 2, Arbiter: true} },
+		"nil pool name":       func(c *driver.Config) { c.Pool.Name = "" },
+		"pool name injection": func(c *driver.Config) { c.Pool.Name = "p\n}" },
+		"pool name path":      func(c *driver.Config) { c.Pool.Name = "../etc" },
+		"volume name path":    func(c *driver.Config) { c.Volumes[0].Name = "../../x" },
+		"volume name quote":   func(c *driver.Config) { c.Volumes[0].Name = `v";rm -rf /` },
+		"volume name option":  func(c *driver.Config) { c.Volumes[0].Name = "-o" },
+		"duplicate volume":    func(c *driver.Config) { c.Volumes = append(c.Volumes, driver.Volume{Name: "v"}) },
+		"no members":          func(c *driver.Config) { c.Pool.Members = nil },
+		"duplicate member":    func(c *driver.Config) { c.Pool.Members = append(c.Pool.Members, c.Pool.Members[0]) },
+		"member name":         func(c *driver.Config) { c.Pool.Members[0].Server = "a b" },
+		"member address":      func(c *driver.Config) { c.Pool.Members[0].Addr = netip.Addr{} },
+		"self":                func(c *driver.Config) { c.Self = "x\x00" },
+		"copies above servers": func(c *driver.Config) {
+			c.Pool.Layout = driver.Layout{Kind: driver.Replicate, Copies: len(c.Pool.Members) + 1}
+		},
+		"unknown layout": func(c *driver.Config) { c.Pool.Layout = driver.Layout{Kind: "raid0"} },
+		"arbiter without three": func(c *driver.Config) {
+			c.Pool.Members = members(2)
+			c.Pool.Layout = driver.Layout{Kind: driver.Replicate, Copies: 2, Arbiter: true}
+		},
 		"negative quota":         func(c *driver.Config) { c.Volumes[0].QuotaBytes = -1 },
 		"export without clients": func(c *driver.Config) { c.Volumes[0].Exports = []driver.Export{{Access: driver.ReadOnly}} },
-		"export access":          func(c *driver.Config) { c.Volumes[0].Exports = []driver.Export{{Clients: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}, Access: "rw;"}} },
-		"export host bits":       func(c *driver.Config) { c.Volumes[0].Exports = []driver.Export{{Clients: []netip.Prefix{netip.MustParsePrefix("198.18.1.2/15")}, Access: driver.ReadWrite}} },
-		"mount of no volume":     func(c *driver.Config) { c.Mounts = []driver.Mount{{Volume: "w"}} },
-		"mount name":             func(c *driver.Config) { c.Mounts = []driver.Mount{{Volume: "../v"}} },
-		"too many members":       func(c *driver.Config) { c.Pool.Members = members(driver.MaxMembers + 1) },
+		"export access": func(c *driver.Config) {
+			c.Volumes[0].Exports = []driver.Export{{Clients: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}, Access: "rw;"}}
+		},
+		"export host bits": func(c *driver.Config) {
+			c.Volumes[0].Exports = []driver.Export{{Clients: []netip.Prefix{netip.MustParsePrefix("198.18.1.2/15")}, Access: driver.ReadWrite}}
+		},
+		"mount of no volume": func(c *driver.Config) { c.Mounts = []driver.Mount{{Volume: "w"}} },
+		"mount name":         func(c *driver.Config) { c.Mounts = []driver.Mount{{Volume: "../v"}} },
+		"too many members":   func(c *driver.Config) { c.Pool.Members = members(driver.MaxMembers + 1) },
 	}
 	for name, mutate := range cases {
 		cfg := good()
