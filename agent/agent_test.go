@@ -48,6 +48,7 @@ type cluster struct {
 	balancers     *Balancers                          // served by serve
 	floating      *FloatingIPs                        // served by serve
 	discovery     discdriver.Driver                   // served by serve
+	storage       *Storage                            // served by serve
 
 	// serverLogLevel is the level of the records serverLog keeps: Debug
 	// if nil. handshakeLogInterval is the servers' HandshakeLogInterval.
@@ -100,6 +101,9 @@ func (cl *cluster) serveUntil(t testing.TB, ctx context.Context, d driver.Driver
 	}
 	if cl.discovery != nil {
 		services = append(services, DiscoveryService("memory", cl.discovery))
+	}
+	if cl.storage != nil {
+		services = append(services, cl.storage)
 	}
 	level := cl.serverLogLevel
 	if level == nil {
