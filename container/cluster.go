@@ -24,7 +24,8 @@ import (
 // copies or moves containers and images between them. It is safe for
 // concurrent use.
 type Cluster struct {
-	log *slog.Logger
+	log     *slog.Logger
+	volumes VolumeMounter
 
 	mu      sync.Mutex
 	servers map[string]*Server
@@ -34,6 +35,19 @@ type Cluster struct {
 type ClusterOptions struct {
 	// Logger receives one record per transfer step; nil discards.
 	Logger *slog.Logger
+	// Volumes mounts the storage volumes a container names
+	// (Mount.Volume) on the server it moves or is copied to, before it
+	// arrives there: the volume is mounted again, never copied.
+	// storage.Pools is one. Without it, moving such a container is
+	// errcode.FailedPrecondition.
+	Volumes VolumeMounter
+}
+
+// VolumeMounter mounts storage volumes on servers.
+type VolumeMounter interface {
+	// MountVolume makes sure server has volume of pool mounted, for
+	// containers to bind-mount; one already mounted there is no error.
+	MountVolume(ctx context.Context, server, pool, volume string) error
 }
 
 // NewCluster returns an empty cluster. opts may be nil.
@@ -41,6 +55,9 @@ func NewCluster(opts *ClusterOptions) *Cluster {
 	c := &Cluster{servers: map[string]*Server{}, log: slog.New(slog.DiscardHandler)}
 	if opts != nil && opts.Logger != nil {
 		c.log = opts.Logger
+	}
+	if opts != nil {
+		c.volumes = opts.Volumes
 	}
 	return c
 }
@@ -430,7 +447,8 @@ func (t *transfer) emit(phase Phase, err error) {
 }
 
 // check returns whether the source runs, and refuses a frozen source or
-// a target that already has the name. It changes nothing.
+// a target that already has the name. It changes nothing but mounting the
+// container's volumes on the target.
 func (t *transfer) check(ctx context.Context) (wasRunning bool, err error) {
 	before, err := t.src.Get(ctx, t.name)
 	if err != nil {
@@ -443,6 +461,18 @@ func (t *transfer) check(ctx context.Context) (wasRunning bool, err error) {
 		return false, errcode.New(errcode.AlreadyExists, "the target already has a container %q", t.target)
 	} else if !errors.Is(err, errcode.NotFound) {
 		return false, err
+	}
+	for _, m := range before.Spec.Mounts {
+		if m.Volume == "" {
+			continue
+		}
+		if t.c.volumes == nil {
+			return false, errcode.New(errcode.FailedPrecondition, "the container mounts volume %s, and the cluster was given no VolumeMounter (ClusterOptions.Volumes) to mount it on %q", m.Volume, t.to)
+		}
+		pool, volume := m.PoolVolume()
+		if err := t.c.volumes.MountVolume(ctx, t.to, pool, volume); err != nil {
+			return false, fmt.Errorf("mounting volume %s on %q: %w", m.Volume, t.to, err)
+		}
 	}
 	return before.State == Running, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -26,6 +27,8 @@ import (
 	"github.com/musterkit/muster/lb/memlb"
 	netdriver "github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/memnetwork"
+	storagedriver "github.com/musterkit/muster/storage/driver"
+	"github.com/musterkit/muster/storage/memstorage"
 )
 
 // The drivers this agent links, registered by kind: the one place that
@@ -33,12 +36,26 @@ import (
 // module's) is one more entry here, or your own program around
 // agent.NewServer.
 var (
-	containerDrivers = map[string]func(ctx context.Context, dir, hostname string, log *slog.Logger) (driver.Driver, error){
-		"lxc": func(ctx context.Context, dir, _ string, log *slog.Logger) (driver.Driver, error) {
-			return lxc.Open(ctx, dir, &lxc.Options{Logger: log})
+	// A container driver takes the server's storage as the VolumePaths
+	// of containers that mount a volume.
+	containerDrivers = map[string]func(ctx context.Context, dir, hostname string, volumes driver.VolumePaths, log *slog.Logger) (driver.Driver, error){
+		"lxc": func(ctx context.Context, dir, _ string, volumes driver.VolumePaths, log *slog.Logger) (driver.Driver, error) {
+			return lxc.Open(ctx, dir, &lxc.Options{Logger: log, Volumes: volumes})
 		},
-		"memory": func(_ context.Context, _, hostname string, _ *slog.Logger) (driver.Driver, error) {
-			return memcontainer.New(&memcontainer.Options{Hostname: hostname}), nil
+		"memory": func(_ context.Context, _, hostname string, volumes driver.VolumePaths, _ *slog.Logger) (driver.Driver, error) {
+			return memcontainer.New(&memcontainer.Options{Hostname: hostname, Volumes: volumes}), nil
+		},
+	}
+	// Storage daemons (glusterd, the MooseFS master and chunk servers,
+	// ganesha) stop with the agent and come back with it; FUSE mounts
+	// outlive it, so that the containers bind-mounting them keep their
+	// data, and the restarted agent takes them back.
+	storageKinds = map[string]func(hostname string, addr netip.Addr, log *slog.Logger) agent.StorageKind{
+		// memory: pools in this agent's memory, of this server alone
+		// (memstorage), for trying things out.
+		"memory": func(hostname string, addr netip.Addr, _ *slog.Logger) agent.StorageKind {
+			world := memstorage.NewCluster()
+			return func(context.Context, string) (storagedriver.Driver, error) { return world.Open(hostname, addr), nil }
 		},
 	}
 	networkDrivers = map[string]func(ctx context.Context, log *slog.Logger) (netdriver.Driver, error){

@@ -23,7 +23,9 @@
 // network drivers served (their state is kept in DIR/networks and restored
 // at start); --balancer the load-balancer kinds offered (HAProxy, Nginx,
 // LVS, in-memory), whose instances live in DIR/balancers and are deployed
-// again at start. serve starts the containers marked autostart, then
+// again at start; --storage the storage kinds offered (Gluster, MooseFS,
+// NFS, in-memory), whose pools' parts live in DIR/storage and come back at
+// start, before containers that mount their volumes autostart. serve starts the containers marked autostart, then
 // serves until SIGINT or SIGTERM.
 //
 // Certificates are rotated without a restart: serve renews its own at the
@@ -104,7 +106,7 @@ func serveCmd(logger func() *slog.Logger) *cobra.Command {
 		tokenArg, publishConsul                           string
 		publishEvery                                      time.Duration
 		ips                                               []net.IP
-		networks, balancers, floating                     []string
+		networks, balancers, floating, storage            []string
 		discoveryKind                                     string
 	)
 	var renew renewal
@@ -146,7 +148,17 @@ credentials kept in DIR/pki and need no token.`,
 			if err != nil {
 				return err
 			}
-			d, err := openers[driverName](ctx, dir, creds.Cert.Leaf.Subject.CommonName, log)
+			hostname := creds.Cert.Leaf.Subject.CommonName
+			// Storage first: containers that autostart mount its volumes.
+			st, err := openStorage(ctx, storage, filepath.Join(dir, "storage"), hostname, storageAddr(addrs, listen), log)
+			if st == nil {
+				return err
+			}
+			if err != nil {
+				log.Error("restoring storage pools", "err", err)
+			}
+			defer st.Close()
+			d, err := openers[driverName](ctx, dir, hostname, st, log)
 			if err != nil {
 				return err
 			}
@@ -176,7 +188,7 @@ credentials kept in DIR/pki and need no token.`,
 				log.Error("restoring floating IPs", "err", err)
 			}
 			defer fs.Close()
-			services := []agent.Service{agent.NetworkService(nets), bs, fs}
+			services := []agent.Service{agent.NetworkService(nets), bs, fs, st}
 			if discoveryKind != "" {
 				openers, err := pick(discoveryKinds, []string{discoveryKind}, "discovery kind")
 				if err != nil {
@@ -226,6 +238,7 @@ credentials kept in DIR/pki and need no token.`,
 	f.StringVar(&discoveryKind, "discovery", "", "serve a service registry to the cluster (agent.Client.Discovery): "+kindList(discoveryKinds)+" (the embedded registry, with real health checks); none if empty")
 	f.StringSliceVar(&floating, "floating-ip", []string{"keepalived"}, "floating-IP speaker kinds to offer: "+kindList(floatingIPKinds)+", or none (an empty value)")
 	f.StringSliceVar(&balancers, "balancer", slices.Sorted(maps.Keys(balancerKinds)), "load-balancer kinds to offer, repeatable: "+kindList(balancerKinds))
+	f.StringSliceVar(&storage, "storage", slices.Sorted(maps.Keys(storageKinds)), "storage kinds to offer, repeatable: "+kindList(storageKinds))
 	renew.flags(f)
 	return cmd
 }
@@ -364,6 +377,33 @@ func openBalancers(ctx context.Context, kinds []string, dir string, log *slog.Lo
 		offered[name] = open(log)
 	}
 	return agent.OpenBalancers(ctx, dir, offered, log)
+}
+
+// openStorage offers the storage kinds named, with each pool's part under
+// dir, and applies again those an earlier run kept: their daemons start
+// and their mounts come back (or are taken back where they outlived the
+// agent). A nil result comes with the error that prevented it; otherwise
+// the error says which pools did not come back.
+func openStorage(ctx context.Context, kinds []string, dir, hostname string, addr netip.Addr, log *slog.Logger) (*agent.Storage, error) {
+	openers, err := pick(storageKinds, kinds, "storage kind")
+	if err != nil {
+		return nil, err
+	}
+	offered := map[string]agent.StorageKind{}
+	for name, open := range openers {
+		offered[name] = open(hostname, addr, log)
+	}
+	return agent.OpenStorage(ctx, dir, offered, log)
+}
+
+// storageAddr is the address this server's storage is reached at: its
+// certificate's first address, else the --listen address's.
+func storageAddr(certIPs []netip.Addr, listen string) netip.Addr {
+	if len(certIPs) > 0 {
+		return certIPs[0]
+	}
+	ap, _ := netip.ParseAddrPort(listen)
+	return ap.Addr()
 }
 
 // publish keeps the services of the server's labelled containers
