@@ -30,6 +30,8 @@ import (
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/drivers/lxc"
 	"github.com/musterkit/muster/internal/orphan"
+	"github.com/musterkit/muster/storage"
+	storagedriver "github.com/musterkit/muster/storage/driver"
 	"github.com/musterkit/muster/testhost"
 )
 
@@ -55,12 +57,18 @@ type Options struct {
 	// Networks are the network drivers the agents serve (muster-agent
 	// --network); nil means the agent's default.
 	Networks []string
+	// Storage are the storage kinds the agents offer (muster-agent
+	// --storage); nil means the agent's default.
+	Storage []string
 }
 
 // Fleet is a running cluster of simulated servers.
 type Fleet struct {
 	Hosts   *testhost.Cluster
 	Cluster *container.Cluster
+	// Storage are the fleet's storage pools; Cluster mounts a moving
+	// container's volumes through it.
+	Storage *storage.Pools
 	Servers []*Server
 
 	dir     string
@@ -107,7 +115,8 @@ func Start(ctx context.Context, n int, opts Options) (f *Fleet, err error) {
 	if err != nil {
 		return nil, err
 	}
-	f = &Fleet{dir: dir, opts: opts, Cluster: container.NewCluster(nil), done: make(chan error, 1)}
+	pools := storage.New(nil)
+	f = &Fleet{dir: dir, opts: opts, Cluster: container.NewCluster(&container.ClusterOptions{Volumes: pools}), Storage: pools, done: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, f.Close())
@@ -160,6 +169,10 @@ func Start(ctx context.Context, n int, opts Options) (f *Fleet, err error) {
 		if err := f.Cluster.AddServer(s.Name, container.NewServer(s.Client, nil)); err != nil {
 			return f, err
 		}
+		open := func(kind, pool string) (storagedriver.Driver, error) { return s.Client.StoragePool(kind, pool), nil }
+		if err := f.Storage.AddServer(ctx, s.Name, h.Addr, open); err != nil {
+			return f, err
+		}
 	}
 	return f, nil
 }
@@ -204,6 +217,9 @@ func (s *Server) start(ctx context.Context, joinArgs ...string) error {
 	args := []string{"serve", "--dir", s.Dir, "--listen", s.Addr, "--name", s.Name, "--driver", s.fleet.opts.Driver}
 	for _, n := range s.fleet.opts.Networks {
 		args = append(args, "--network", n)
+	}
+	for _, k := range s.fleet.opts.Storage {
+		args = append(args, "--storage", k)
 	}
 	args = append(append(args, s.ExtraArgs...), joinArgs...)
 	cmd := s.Host.Command(context.WithoutCancel(ctx), s.fleet.opts.AgentBinary, args...)
@@ -296,7 +312,17 @@ func (f *Fleet) Close() error {
 	defer cancel()
 	var errs []error
 	for _, s := range f.Servers {
-		errs = append(errs, s.removeContainers(ctx), s.Stop())
+		errs = append(errs, s.removeContainers(ctx))
+	}
+	// The pools' daemons stop with the agents, but FUSE mounts outlive
+	// them: remove the pools (and their data) while the agents run.
+	if f.Storage != nil {
+		for _, p := range f.Storage.List() {
+			errs = append(errs, f.Storage.Remove(ctx, p.Name, &storage.RemoveOptions{Force: true}))
+		}
+	}
+	for _, s := range f.Servers {
+		errs = append(errs, s.Stop())
 	}
 	if f.stop != nil {
 		f.stop()
