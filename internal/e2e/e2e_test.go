@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -21,63 +20,18 @@ import (
 	"github.com/musterkit/muster/container/driver"
 	"github.com/musterkit/muster/container/drivertest"
 	"github.com/musterkit/muster/internal/fleet"
-	"github.com/musterkit/muster/roottest"
+	"github.com/musterkit/muster/internal/fleet/fleettest"
 )
 
-var agentBinary string
-
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-// run builds the agent for the privileged tests, runs the tests and
-// removes the build.
-func run(m *testing.M) int {
-	if os.Getenv(roottest.EnvVar) == "1" {
-		dir, err := os.MkdirTemp("", "e2e-agent-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		if agentBinary, err = fleet.BuildAgent(context.Background(), dir); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-	}
-	return m.Run()
+	os.Exit(fleettest.Main(m))
 }
 
 // startFleet starts n LXC servers with the base image on each; the agents
 // serve the network drivers named (their default if none).
 func startFleet(t *testing.T, n int, networks ...string) *fleet.Fleet {
 	t.Helper()
-	roottest.Require(t, roottest.Binary("lxc-start"), roottest.Binary("ip"), roottest.Binary("busybox"))
-	ctx := context.Background()
-	f, err := fleet.Start(ctx, n, fleet.Options{AgentBinary: agentBinary, AgentLog: testLog{t}, Networks: networks})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := f.Close(); err != nil {
-			t.Errorf("closing the fleet: %v", err)
-		}
-	})
-	m, blob := drivertest.BaseImage(t)
-	for _, s := range f.Servers {
-		if _, err := s.Client.PutImage(ctx, m, bytes.NewReader(blob)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return f
-}
-
-// testLog sends the agents' logs to the test's log, shown on failure.
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	return fleettest.Start(t, n, fleet.Options{Networks: networks})
 }
 
 // TestRemoteLXCConformance runs the driver suite through the agent's client

@@ -14,6 +14,7 @@ import (
 	"github.com/musterkit/muster/container/drivertest"
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/internal/fleet"
+	"github.com/musterkit/muster/internal/fleet/fleettest"
 	"github.com/musterkit/muster/roottest"
 )
 
@@ -24,7 +25,7 @@ import (
 func TestRevokedAgentRefusedByFleet(t *testing.T) {
 	roottest.Require(t, roottest.Binary("ip"))
 	ctx := context.Background()
-	f, err := fleet.Start(ctx, 3, fleet.Options{AgentBinary: agentBinary, Driver: "memory", Networks: []string{"memory"}, AgentLog: testLog{t}})
+	f, err := fleet.Start(ctx, 3, fleet.Options{AgentBinary: fleettest.Agent(), Driver: "memory", Networks: []string{"memory"}, AgentLog: fleettest.Log(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
