@@ -13,16 +13,17 @@ import (
 	golxc "github.com/lxc/go-lxc"
 
 	"github.com/musterkit/muster/container/driver"
+	"github.com/musterkit/muster/internal/mountinfo"
 )
 
 // detectCgroups reads the host's cgroup layout from /proc/self/mountinfo:
 // pure v1, pure v2 (unified) or hybrid (v1 controllers plus a v2 mount).
 func detectCgroups() (cgroupLayout, error) {
-	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	info, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return cgroupLayout{}, err
 	}
-	return parseCgroupLayout(mountinfo, func(dir string) string {
+	return parseCgroupLayout(info, func(dir string) string {
 		b, _ := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
 		return string(b)
 	}), nil
@@ -33,11 +34,11 @@ func detectCgroups() (cgroupLayout, error) {
 // options, else the v2 hierarchy if its root's cgroup.controllers (read by
 // controllers, given the mount point) lists it. On v2 the device
 // controller is BPF-based and always present.
-func parseCgroupLayout(mountinfo []byte, controllers func(mountpoint string) string) cgroupLayout {
+func parseCgroupLayout(info []byte, controllers func(mountpoint string) string) cgroupLayout {
 	v1 := map[string]bool{}
 	var v2 []string
 	unified := false
-	sc := bufio.NewScanner(bytes.NewReader(mountinfo))
+	sc := bufio.NewScanner(bytes.NewReader(info))
 	for sc.Scan() {
 		// 36 35 98:0 /root /mnt rw,noatime master:1 - cgroup cgroup rw,memory
 		pre, post, ok := strings.Cut(sc.Text(), " - ")
@@ -56,7 +57,7 @@ func parseCgroupLayout(mountinfo []byte, controllers func(mountpoint string) str
 		case "cgroup2":
 			if !unified {
 				unified = true
-				v2 = strings.Fields(controllers(unescapeMountPath(pf[4])))
+				v2 = strings.Fields(controllers(mountinfo.Unescape(pf[4])))
 			}
 		}
 	}
@@ -80,25 +81,6 @@ func parseCgroupLayout(mountinfo []byte, controllers func(mountpoint string) str
 		l.CPUAcct = cgroupV2 // cpu.stat exists in every v2 cgroup
 	}
 	return l
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // usage reads a running container's resource use through LXC, which knows

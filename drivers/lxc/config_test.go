@@ -187,7 +187,4 @@ func TestParseCgroupLayout(t *testing.T) {
 			}
 		})
 	}
-	if got := unescapeMountPath(`/mnt/a\040b`); got != "/mnt/a b" {
-		t.Errorf("unescape = %q", got)
-	}
 }

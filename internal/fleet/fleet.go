@@ -349,15 +349,18 @@ func destroy(dir string) error {
 	var errs []error
 	for _, s := range servers {
 		errs = append(errs, lxc.Destroy(s))
-		// Balancers and floating-IP speakers outlive a killed agent: end
-		// them by their pid files.
+		// Balancers, floating-IP speakers, storage daemons and FUSE
+		// clients outlive a killed agent: end them by their pid files,
+		// and whatever names a path of the server's.
 		for _, kind := range []string{"haproxy", "nginx", "keepalived"} {
 			pids, _ := filepath.Glob(filepath.Join(s, "*", "*", kind+".pid"))
 			for _, p := range pids {
 				orphan.Reap(p, kind, nil)
 			}
 		}
+		orphan.EndUnder(s)
 	}
+	errs = append(errs, orphan.UnmountUnder(dir))
 	return errors.Join(append(errs, os.RemoveAll(dir))...)
 }
 
