@@ -3,15 +3,20 @@
 //
 // An NFS pool has layout Single and one member, the NFS server; a volume
 // is a directory it exports. On the member, Apply runs ganesha.nfsd (FSAL
-// VFS, NFSv4 on TCP only, graceless, so a restart serves at once) and
-// rpcbind in the server's network namespace (Options.NetNS), both in a
+// VFS, NFSv4 and NFSv3 on TCP, graceless, so a restart serves at once)
+// and rpcbind in the server's network namespace (Options.NetNS), both in a
 // private mount namespace with a tmpfs on /run, where rpcbind keeps its
 // socket and lock: so several servers, each in its own network namespace,
 // run side by side on one machine. Everything else is in the instance
 // directory: ganesha.conf, the pid file, the log, the client records
-// (recovery/) and the volumes (exports/<volume>). NFSv4 clients need no
-// rpcbind (ganesha 4.3 serves without one); it is there for clients that
-// look the port up.
+// (recovery/) and the volumes (exports/<volume>). Mounts use NFSv4, which
+// needs no rpcbind (ganesha 4.3 serves NFSv4 without one). NFSv3 is served
+// for userspace clients: libnfs before 5.0 (Debian 12's libnfs-utils
+// 4.0.0) fails NFSv4 writes of more than 4 KiB (libnfs pull request 319),
+// and writes over NFSv3 instead, finding ganesha's MOUNT service through
+// rpcbind. rpcbind is one per network namespace (port 111): a second
+// pool served from the same namespace (another Port) serves NFSv4 clients
+// only.
 //
 // A configuration goes through the shared validation
 // (driver.Config.Validate), a pure Render, a check, an atomic swap
@@ -129,6 +134,7 @@ type Driver struct {
 
 	mu     sync.Mutex
 	inst   *daemon.Instance
+	reaped chan struct{}  // closed once the group of the ganesha started last is gone
 	cfg    *driver.Config // in force; nil before the first Apply
 	rec    record         // as on disk
 	start  int64          // the log's size when ganesha last started
@@ -247,37 +253,41 @@ const (
 
 // configErrors matches the lines of ganesha's log that report an error in
 // its configuration: a syntax error, the errors of a block (an unknown
-// key, a bad value, an export it could not create).
-const configErrors = `ganesha_yyerror|config_errs_to_log|:CONFIG :(CRIT|MAJ|FATAL)`
+// key, a bad value, an export it could not create), an export whose root
+// it cannot look up.
+const configErrors = `ganesha_yyerror|config_errs_to_log|:(CONFIG|EXPORT) :(CRIT|MAJ|FATAL)`
 
-// checkScript is the parse-only start (Spec.Check), run by sh in fresh
-// network, mount and pid namespaces: ganesha ($1) runs on the candidate
-// ($2), logging to $3, until it logs that it initialized or exits; the
-// check then kills it and fails, printing the lines, if the log reports a
-// configuration error. The pid namespace ends ganesha with the check.
-const checkScript = `mount -t tmpfs muster-nfs-check /run || exit 1
-rm -f "$3"
-"$1" -F -f "$2" -L "$3" -p "$4" &
-until grep -q '` + initialized + `' "$3" 2>/dev/null; do
-	kill -0 $! 2>/dev/null || break
-	sleep 0.02
-done
-kill -9 $! 2>/dev/null
-if grep -E '` + configErrors + `' "$3"; then exit 1; fi
-grep -q '` + initialized + `' "$3" || { tail -n 20 "$3"; exit 1; }`
-
-// runScript starts rpcbind ($1) in the background and waits (up to 4 s)
-// for its socket, then execs ganesha (the rest), in a mount namespace of
-// their own with a tmpfs on /run. If rpcbind cannot start (another pool's
-// holds port 111 in this network namespace), ganesha serves without it.
-const runScript = `mount -t tmpfs muster-nfs /run || exit 1
+// startRPCBind is the start of both scripts: a tmpfs on /run, and rpcbind
+// ($1) started in the background, waited for (up to 4 s) until its socket
+// exists. ganesha registers its NFSv3 and MOUNT services with it, and exits
+// if it cannot.
+const startRPCBind = `mount -t tmpfs muster-nfs /run || exit 1
 "$1" -f -w &
 i=0
 while [ ! -S /run/rpcbind.sock ] && kill -0 $! 2>/dev/null && [ $i -lt 200 ]; do
 	i=$((i+1))
 	sleep 0.02
 done
-shift
+`
+
+// checkScript is the parse-only start (Spec.Check), run by sh in fresh
+// network, mount and pid namespaces: with rpcbind ($1) up, ganesha ($2)
+// runs on the candidate ($3), logging to $4, until it logs that it
+// initialized or exits; the check then fails, printing the lines, if the
+// log reports a configuration error. The pid namespace ends ganesha and
+// rpcbind with the check.
+const checkScript = startRPCBind + `rm -f "$4"
+"$2" -F -f "$3" -L "$4" -p "$5" &
+until grep -q '` + initialized + `' "$4" 2>/dev/null; do
+	kill -0 $! 2>/dev/null || break
+	sleep 0.02
+done
+if grep -E '` + configErrors + `' "$4"; then exit 1; fi
+grep -q '` + initialized + `' "$4" || { tail -n 20 "$4"; exit 1; }`
+
+// runScript starts rpcbind ($1), then execs ganesha (the rest), in a
+// mount namespace of their own.
+const runScript = startRPCBind + `shift
 exec "$@"`
 
 // inNetNS prefixes args with what runs them in the server's network
@@ -293,7 +303,7 @@ func (d *Driver) checkCommand(path string) *exec.Cmd {
 	check := filepath.Join(d.dir, CheckDir)
 	os.MkdirAll(check, 0o700)
 	return exec.Command("unshare", "--fork", "--pid", "--kill-child", "--net", "--mount", "--propagation", "private",
-		"sh", "-c", checkScript, "sh", d.bin, path, filepath.Join(check, LogFile), filepath.Join(check, PidFile))
+		"sh", "-c", checkScript, "sh", d.rpcbind, d.bin, path, filepath.Join(check, LogFile), filepath.Join(check, PidFile))
 }
 
 // command prepares a start of ganesha (daemon.Spec.Command): nsenter,
@@ -314,13 +324,30 @@ func (d *Driver) command() (*exec.Cmd, error) {
 // not, what is left of its process group (rpcbind) is killed, so that the
 // next start finds port 111 free.
 func (d *Driver) started(p *daemon.Process) {
+	reaped := make(chan struct{})
+	d.reaped = reaped
 	go func() {
+		defer close(reaped)
 		<-p.Done()
+		// The group is gone once its last process (rpcbind) was reaped,
+		// and with it port 111.
 		syscall.Kill(-p.Pid(), syscall.SIGKILL)
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && syscall.Kill(-p.Pid(), 0) == nil; {
+			time.Sleep(5 * time.Millisecond)
+		}
 		if !p.Stopped() {
 			d.log.Warn("ganesha exited", "dir", d.dir, "err", p.Err())
 		}
 	}()
+}
+
+// stop ends ganesha and rpcbind and waits until they are gone. Called
+// with d.mu held.
+func (d *Driver) stop() {
+	d.inst.Stop()
+	if d.reaped != nil {
+		<-d.reaped
+	}
 }
 
 // reload has ganesha re-read its exports (SIGHUP) and waits until it logs
@@ -425,13 +452,6 @@ func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	caps := d.Capabilities()
-	if len(cfg.Mounts) > 0 && !caps.Mount {
-		return errcode.New(errcode.Unimplemented, "pool %q: this kernel has no NFSv4 client (/proc/filesystems lists no nfs4), so this server cannot mount volumes; read and write them with a userspace NFS client (libnfs) at the Source Status gives", cfg.Pool.Name)
-	}
-	if err := caps.Check(cfg); err != nil {
-		return err
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -441,8 +461,17 @@ func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
 	if old == nil {
 		old = d.rec.Config
 	}
+	// A change Apply may not make is refused as such before asking
+	// whether the driver could build the new config at all.
 	plan, err := driver.PlanApply(old, cfg)
 	if err != nil {
+		return err
+	}
+	caps := d.Capabilities()
+	if len(cfg.Mounts) > 0 && !caps.Mount {
+		return errcode.New(errcode.Unimplemented, "pool %q: this kernel has no NFSv4 client (/proc/filesystems lists no nfs4), so this server cannot mount volumes; read and write them with a userspace NFS client (libnfs) at the Source Status gives", cfg.Pool.Name)
+	}
+	if err := caps.Check(cfg); err != nil {
 		return err
 	}
 	serves := coordinates(cfg)
@@ -493,7 +522,7 @@ func (d *Driver) Apply(ctx context.Context, cfg *driver.Config) error {
 		case serves && d.cfg != nil && coordinates(d.cfg):
 			d.serve(context.WithoutCancel(ctx), d.cfg, d.rec.IDs)
 		case serves:
-			d.inst.Stop()
+			d.stop()
 		}
 		undo()
 		return err
@@ -671,7 +700,8 @@ func (d *Driver) Status(ctx context.Context) (*driver.Status, error) {
 
 // Source is volume's address in libnfs's URL notation, which nfs-ls,
 // nfs-cp and nfs-cat take (a file of the volume is Source with "/name"
-// before the "?"): nfs://addr/pool/volume?version=4&nfsport=port.
+// before the "?"): nfs://addr/pool/volume?version=4&nfsport=port. With
+// version=3 instead, libnfs 4.0 writes too (see the package doc).
 func Source(addr netip.Addr, port uint16, pool, volume string) string {
 	host := addr.String()
 	if addr.Is6() {
@@ -783,7 +813,7 @@ func (d *Driver) Leave(ctx context.Context, opts *driver.RemoveOptions) error {
 	if err := d.unmountAll(ctx, cfg.Mounts, force); err != nil {
 		return err
 	}
-	d.inst.Stop()
+	d.stop()
 	var errs []error
 	for _, f := range []string{ConfigFile, RecordFile, PidFile} {
 		if err := os.Remove(filepath.Join(d.dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -813,7 +843,7 @@ func (d *Driver) Close() error {
 		return nil
 	}
 	d.closed = true
-	d.inst.Stop()
+	d.stop()
 	d.closeNS()
 	return nil
 }

@@ -51,8 +51,8 @@ type Input struct {
 	Exports []Export
 }
 
-// Render returns the ganesha.conf of in: NFSv4 only on TCP Port, no NLM
-// or RQUOTA, graceless (a restarted ganesha serves at once: the pool's
+// Render returns the ganesha.conf of in: NFSv4 and NFSv3 on TCP Port (v3
+// mounts take the pseudo path too), no NLM or RQUOTA, graceless (a restarted ganesha serves at once: the pool's
 // clients are few and reconnect), client records under Dir, and one EXPORT
 // per volume (FSAL VFS on Dir/exports/<volume>, Pseudo /<pool>/<volume>,
 // AUTH_SYS, no root squash: the pool's servers are trusted) whose
@@ -101,7 +101,8 @@ func Render(in Input) ([]byte, error) {
 	}
 	w(0, "# Rendered by muster (drivers/nfs) for pool %s; do not edit.", in.Pool)
 	w(0, "NFS_CORE_PARAM {")
-	w(1, "Protocols = 4;")
+	w(1, "Protocols = 3, 4;")
+	w(1, "mount_path_pseudo = true;")
 	w(1, "NFS_Port = %d;", in.Port)
 	w(1, "Enable_NLM = false;")
 	w(1, "Enable_RQUOTA = false;")
@@ -120,7 +121,7 @@ func Render(in Input) ([]byte, error) {
 		w(1, "Export_Id = %d;", e.ID)
 		w(1, "Path = %q;", filepath.Join(in.Dir, ExportsDir, e.Volume))
 		w(1, "Pseudo = %q;", "/"+in.Pool+"/"+e.Volume)
-		w(1, "Protocols = 4;")
+		w(1, "Protocols = 3, 4;")
 		w(1, "Transports = TCP;")
 		w(1, "SecType = sys;")
 		w(1, "Squash = No_Root_Squash;")
@@ -147,13 +148,19 @@ func Render(in Input) ([]byte, error) {
 }
 
 // clients writes prefixes as ganesha's client list: addresses for single
-// hosts, CIDR networks otherwise.
+// hosts, CIDR networks otherwise, and a /0 as its two halves (ganesha
+// takes no /0 network).
 func clients(ps []netip.Prefix) string {
 	var out []string
 	for _, p := range ps {
-		if p.IsSingleIP() {
+		switch {
+		case p.Bits() == 0 && p.Addr().Is4():
+			out = append(out, "0.0.0.0/1", "128.0.0.0/1")
+		case p.Bits() == 0:
+			out = append(out, "::/1", "8000::/1")
+		case p.IsSingleIP():
 			out = append(out, p.Addr().String())
-		} else {
+		default:
 			out = append(out, p.String())
 		}
 	}

@@ -41,6 +41,7 @@ func goldenInputs() map[string]nfs.Input {
 			}},
 			{Volume: "open", ID: 1},
 			{Volume: "none", ID: 2, Rules: []driver.Export{rule(driver.ReadWrite, "192.0.2.0/24")}},
+			{Volume: "all", ID: 4, Rules: []driver.Export{rule(driver.ReadOnly, "0.0.0.0/0", "::/0")}},
 		}},
 	}
 }
@@ -172,7 +173,7 @@ var grammar = []*regexp.Regexp{
 	regexp.MustCompile(`^# Rendered by muster \(drivers/nfs\) for pool [a-z0-9-]+; do not edit\.$`),
 	regexp.MustCompile(`^(NFS_CORE_PARAM|NFSv4|EXPORT|    FSAL|    CLIENT) \{$`),
 	regexp.MustCompile(`^( {4}| {0})\}$`),
-	regexp.MustCompile(`^    (Protocols = 4|NFS_Port = [0-9]+|Enable_(NLM|RQUOTA|UDP) = false|Graceless = true|Only_Numeric_Owners = true|RecoveryBackend = fs|Export_Id = [0-9]+|Transports = TCP|SecType = sys|Squash = No_Root_Squash|Access_Type = None);$`),
+	regexp.MustCompile(`^    (Protocols = 3, 4|mount_path_pseudo = true|NFS_Port = [0-9]+|Enable_(NLM|RQUOTA|UDP) = false|Graceless = true|Only_Numeric_Owners = true|RecoveryBackend = fs|Export_Id = [0-9]+|Transports = TCP|SecType = sys|Squash = No_Root_Squash|Access_Type = None);$`),
 	regexp.MustCompile(`^    (RecoveryRoot|Path|Pseudo) = "[A-Za-z0-9/._+-]+";$`),
 	regexp.MustCompile(`^        Name = VFS;$`),
 	regexp.MustCompile(`^        Clients = (\*|[0-9a-f.:/]+(, [0-9a-f.:/]+)*);$`),
