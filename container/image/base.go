@@ -39,8 +39,28 @@ var baseFiles = map[string]string{
 	// creator writes one here.
 	"etc/hostname": "",
 	"etc/hosts":    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-	// Nothing runs on a console: init only runs rcS and waits.
-	"etc/inittab": "::sysinit:/etc/init.d/rcS\n::shutdown:/bin/sync\n",
+	// init runs rcS and waits, reaping orphans; on the halt signal it
+	// ends every process (TERM, KILL after 10 s) and exits as soon as
+	// they are gone. Busybox's own init sleeps two seconds on the way
+	// down whatever runs.
+	"sbin/init": "#!/bin/sh\n" +
+		"halt() {\n" +
+		"\tkill -TERM -1 2>/dev/null\n" +
+		"\ti=0\n" +
+		"\twhile kill -0 -1 2>/dev/null; do\n" +
+		"\t\ti=$((i + 1))\n" +
+		"\t\t[ $i -eq 200 ] && kill -KILL -1 2>/dev/null\n" +
+		"\t\tsleep 0.05\n" +
+		"\tdone\n" +
+		"\tsync\n" +
+		"\texit 0\n" +
+		"}\n" +
+		"trap halt USR2 USR1 TERM PWR\n" +
+		"/etc/init.d/rcS\n" +
+		"while :; do\n" +
+		"\tsleep 3600 &\n" +
+		"\twait $!\n" +
+		"done\n",
 	// LXC has mounted /proc, /sys and /dev already.
 	"etc/init.d/rcS": "#!/bin/sh\n" +
 		"[ -s /etc/hostname ] && hostname -F /etc/hostname\n" +
@@ -58,11 +78,13 @@ var baseDirs = map[string]int64{
 
 // BuildBase builds the offline base image from a static busybox and puts
 // it in s under name. The tree holds bin/busybox, a relative symlink to it
-// for every applet of `busybox --list-full` (sbin/init among them), the
-// usual top-level directories (tmp with mode 1777), etc/passwd and
-// etc/group with root only, an empty etc/hostname, etc/hosts, an
-// etc/inittab that runs only etc/init.d/rcS at boot and sync at shutdown
-// (no getty, nothing on a console), and rcS, which sets the host name from
+// for every applet of `busybox --list-full` but init, the usual top-level
+// directories (tmp with mode 1777), etc/passwd and etc/group with root
+// only, an empty etc/hostname, etc/hosts, sbin/init, a shell script that
+// runs etc/init.d/rcS, reaps orphans and, on the halt signal (SIGUSR2, as
+// the LXC driver sends, or TERM, USR1, PWR), ends every process and exits
+// once they are gone (busybox's init sleeps two seconds on the way down),
+// and rcS, which sets the host name from
 // etc/hostname if that is not empty and brings lo up; rcS mounts nothing,
 // as LXC mounts /proc, /sys and /dev. Every entry has owner 0:0 and a
 // fixed mtime, and Created is fixed too, so the same busybox always gives
@@ -150,6 +172,7 @@ func baseEntries(applets []string) ([]*tar.Header, error) {
 		add(f, tar.TypeReg, 0o644).Size = int64(len(baseFiles[f]))
 	}
 	hdrs["etc/init.d/rcS"].Mode = 0o755
+	hdrs["sbin/init"].Mode = 0o755
 	add("bin/busybox", tar.TypeReg, 0o755)
 	paths := slices.Collect(maps.Keys(hdrs))
 	slices.SortFunc(paths, walkOrder)

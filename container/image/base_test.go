@@ -54,8 +54,8 @@ func TestBuildBase(t *testing.T) {
 	if _, err := s1.Unpack(ctx, "base", dst); err != nil {
 		t.Fatal(err)
 	}
-	if target, err := os.Readlink(filepath.Join(dst, "sbin/init")); err != nil || target != "../bin/busybox" {
-		t.Errorf("sbin/init -> %q, %v; want ../bin/busybox", target, err)
+	if out, err := exec.Command("/bin/busybox", "sh", "-n", filepath.Join(dst, "sbin/init")).CombinedOutput(); err != nil {
+		t.Errorf("sbin/init does not parse: %s %v", out, err)
 	}
 	if target, err := os.Readlink(filepath.Join(dst, "bin/sh")); err != nil || target != "../bin/busybox" {
 		t.Errorf("bin/sh -> %q, %v", target, err)
@@ -70,6 +70,9 @@ func TestBuildBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, applet := range strings.Fields(string(list)) {
+		if applet == "sbin/init" {
+			continue // the image's own
+		}
 		p := filepath.Join(dst, applet)
 		resolved, err := filepath.EvalSymlinks(p)
 		if err != nil || resolved != filepath.Join(dst, "bin/busybox") {
@@ -87,15 +90,15 @@ func TestBuildBase(t *testing.T) {
 		"run":            fs.ModeDir | 0o755,
 		"bin/busybox":    0o755,
 		"etc/init.d/rcS": 0o755,
+		"sbin/init":      0o755,
 		"etc/passwd":     0o644,
 	} {
 		if fi, err := os.Lstat(filepath.Join(dst, p)); err != nil || fi.Mode() != mode {
 			t.Errorf("%s: mode %v, %v; want %v", p, fi.Mode(), err, mode)
 		}
 	}
-	inittab, err := os.ReadFile(filepath.Join(dst, "etc/inittab"))
-	if err != nil || string(inittab) != "::sysinit:/etc/init.d/rcS\n::shutdown:/bin/sync\n" {
-		t.Errorf("etc/inittab = %q, %v", inittab, err)
+	if _, err := os.Lstat(filepath.Join(dst, "etc/inittab")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("etc/inittab (for busybox's init, which the image does not run): %v", err)
 	}
 	if fi, err := os.Lstat(filepath.Join(dst, "etc/hostname")); err != nil || !fi.Mode().IsRegular() {
 		t.Errorf("etc/hostname: %v", err)

@@ -85,7 +85,7 @@ func ExampleStore() {
 	if _, err := s.Unpack(ctx, base.Digest, rootfs); err != nil {
 		log.Fatal(err)
 	}
-	target, _ := os.Readlink(filepath.Join(rootfs, "sbin/init"))
-	fmt.Println(base.Name, "sbin/init ->", target)
-	// Output: base sbin/init -> ../bin/busybox
+	target, _ := os.Readlink(filepath.Join(rootfs, "bin/sh"))
+	fmt.Println(base.Name, "bin/sh ->", target)
+	// Output: base bin/sh -> ../bin/busybox
 }

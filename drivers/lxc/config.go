@@ -71,7 +71,7 @@ func renderConfig(spec *driver.Spec, env configEnv) ([]byte, error) {
 	set("lxc.uts.name", spec.Name)
 	set("lxc.rootfs.path", "dir:"+path.Join(dir, "rootfs"))
 	set("lxc.init.cmd", "/sbin/init")
-	set("lxc.signal.halt", "SIGUSR2")                             // busybox init powers off on USR2
+	set("lxc.signal.halt", "SIGUSR2")                             // the base image's init (and busybox's) halts on USR2
 	set("lxc.mount.auto", "proc:mixed sys:ro cgroup:mixed:force") // force: also with a cgroup namespace
 	set("lxc.autodev", "1")
 	set("lxc.tty.max", "0")

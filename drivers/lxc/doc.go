@@ -14,7 +14,8 @@
 // the hierarchy that manages its controller: memory.limit_in_bytes or
 // memory.max, cpu.cfs_quota_us and cpu.cfs_period_us or cpu.max, pids.max.
 // AppArmor is not used (lxc.apparmor.profile = unconfined). Containers boot
-// /sbin/init and are halted with SIGUSR2, on which busybox init powers off.
+// /sbin/init and are halted with SIGUSR2, on which the base image's init
+// ends its processes and exits (as busybox init powers off).
 //
 // # Layout
 //
