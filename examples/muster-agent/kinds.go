@@ -19,6 +19,7 @@ import (
 	"github.com/musterkit/muster/drivers/keepalived"
 	"github.com/musterkit/muster/drivers/lvs"
 	"github.com/musterkit/muster/drivers/lxc"
+	"github.com/musterkit/muster/drivers/nfs"
 	"github.com/musterkit/muster/drivers/nginx"
 	"github.com/musterkit/muster/drivers/vxlan"
 	"github.com/musterkit/muster/drivers/wireguard"
@@ -56,6 +57,13 @@ var (
 		"memory": func(hostname string, addr netip.Addr, _ *slog.Logger) agent.StorageKind {
 			world := memstorage.NewCluster()
 			return func(context.Context, string) (storagedriver.Driver, error) { return world.Open(hostname, addr), nil }
+		},
+		// nfs: exports served by nfs-ganesha (and rpcbind) in this
+		// server's namespace; one NFS pool per server (port 2049).
+		"nfs": func(_ string, _ netip.Addr, log *slog.Logger) agent.StorageKind {
+			return func(ctx context.Context, dir string) (storagedriver.Driver, error) {
+				return nfs.Open(ctx, dir, &nfs.Options{Logger: log})
+			}
 		},
 	}
 	networkDrivers = map[string]func(ctx context.Context, log *slog.Logger) (netdriver.Driver, error){
