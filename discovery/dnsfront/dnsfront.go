@@ -133,6 +133,8 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	q := req.Question[0]
 	name := dns.CanonicalName(q.Name)
 	if !dns.IsSubDomain(s.domain, name) {
+		// Not our zone: no authority over the answer.
+		m.Authoritative = false
 		m.SetRcode(req, dns.RcodeRefused)
 		w.WriteMsg(m)
 		return

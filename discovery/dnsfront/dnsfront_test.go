@@ -122,7 +122,7 @@ func TestAnswers(t *testing.T) {
 			if m := query(t, addr, network, "down.service.muster.", dns.TypeA); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 0 {
 				t.Fatalf("a service with nothing passing: %v", m)
 			}
-			if m := query(t, addr, network, "example.com.", dns.TypeA); m.Rcode != dns.RcodeRefused {
+			if m := query(t, addr, network, "example.com.", dns.TypeA); m.Rcode != dns.RcodeRefused || m.Authoritative {
 				t.Fatalf("outside the domain: %v", m)
 			}
 		})
