@@ -14,11 +14,12 @@ BIN := $(CURDIR)/bin
 # for the benchmarks, nftables to filter ports in the preflight test, dig
 # (dnsutils) as a real DNS client; GlusterFS, MooseFS and nfs-ganesha (with
 # rpcbind, and libnfs-utils as a userspace NFS client) for storage, with
-# fuse3 for their FUSE mounts.
+# fuse3 for their FUSE mounts; wg (wireguard-tools) to check what operators
+# see of the userspace WireGuard devices.
 DEB_PACKAGES := lxc lxc-dev busybox-static iproute2 iputils-ping zstd pkg-config gcc bird2 \
 	haproxy nginx-light libnginx-mod-stream keepalived iperf3 wrk nftables dnsutils \
 	glusterfs-server glusterfs-client moosefs-master moosefs-chunkserver moosefs-metalogger \
-	moosefs-client nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils fuse3
+	moosefs-client nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils fuse3 wireguard-tools
 TEST_TIMEOUT ?= 25m
 # Consul 1.13.9 (MPL-2.0) has no Debian package: it is built once from the
 # Go module proxy by the tools/consul module and cached.

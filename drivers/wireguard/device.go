@@ -2,6 +2,7 @@ package wireguard
 
 import (
 	"errors"
+	"net"
 	"sync"
 	"syscall"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -31,9 +33,10 @@ type wgDevice interface {
 
 // userspaceDevice is wireguard-go embedded in this process.
 type userspaceDevice struct {
-	ns  *nsGuard
-	tun *nsTUN
-	dev *device.Device
+	ns   *nsGuard
+	tun  *nsTUN
+	dev  *device.Device
+	uapi net.Listener // /var/run/wireguard/<name>.sock, for wg(8)
 }
 
 // newUserspace creates the TUN link name and a wireguard-go device on it,
@@ -62,7 +65,36 @@ func newUserspace(name string, mtu int, cfg *wgtypes.Config, log *device.Logger,
 		u.stop(true)
 		return nil, kernelErr("bringing up the WireGuard device", err)
 	}
+	if err := u.serveUAPI(name); err != nil {
+		u.stop(true)
+		return nil, err
+	}
 	return u, nil
+}
+
+// serveUAPI serves the device's standard control socket, so that wg(8)
+// and wgctrl show and configure it as any userspace WireGuard device.
+func (u *userspaceDevice) serveUAPI(name string) error {
+	f, err := ipc.UAPIOpen(name)
+	if err != nil {
+		return errcode.Syscall(err, "opening the WireGuard control socket of %s", name)
+	}
+	defer f.Close()
+	l, err := ipc.UAPIListen(name, f)
+	if err != nil {
+		return errcode.Syscall(err, "listening on the WireGuard control socket of %s", name)
+	}
+	u.uapi = l
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go u.dev.IpcHandle(c)
+		}
+	}()
+	return nil
 }
 
 func (u *userspaceDevice) configure(cfg *wgtypes.Config) error {
@@ -85,6 +117,9 @@ func (u *userspaceDevice) state() (*wgtypes.Device, error) {
 }
 
 func (u *userspaceDevice) stop(bool) error {
+	if u.uapi != nil {
+		u.uapi.Close() // removes the socket
+	}
 	u.ns.close()
 	u.dev.Close() // closes the TUN file: the link and its routes vanish
 	return nil

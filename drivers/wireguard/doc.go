@@ -23,10 +23,11 @@
 // and checked to be there. The driver configures it with wgctrl's types
 // (wgtypes.Config) rendered to the cross-platform configuration protocol
 // and applied with the device's IpcSet, and reads it back with IpcGet into
-// wgtypes.Device (Driver.Device). It opens no UAPI socket: userspace
-// WireGuard keeps those at /var/run/wireguard/<ifname>.sock, a path every
-// network namespace shares, so `wg show` does not see these devices; use
-// Driver.Device instead.
+// wgtypes.Device (Driver.Device). It also serves the standard UAPI socket,
+// /var/run/wireguard/<ifname>.sock, so that `wg show` (wireguard-tools)
+// and wgctrl see and configure the device like any userspace WireGuard
+// device; that path is shared by every network namespace, which is why
+// device names are unique on the machine (DeviceName).
 //
 // Where the kernel has a WireGuard module (adding a link of type
 // "wireguard" through Options.Handle succeeds), the driver uses a kernel

@@ -746,14 +746,25 @@ func (n *network) status() (*driver.Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	recent := map[string]bool{}
+	byKey := map[string]wgtypes.Peer{}
 	for _, p := range dev.Peers {
-		if time.Since(p.LastHandshakeTime) < device.RejectAfterTime {
-			recent[p.PublicKey.String()] = true
-		}
+		byKey[p.PublicKey.String()] = p
 	}
 	for _, p := range n.peers { // sorted by name
-		if recent[p.PublicKey] {
+		wp, ok := byKey[p.PublicKey]
+		if !ok {
+			continue
+		}
+		s := driver.Session{Peer: p.Name, ReceiveBytes: wp.ReceiveBytes, TransmitBytes: wp.TransmitBytes}
+		if wp.Endpoint != nil {
+			ap := wp.Endpoint.AddrPort()
+			s.Endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+		if !wp.LastHandshakeTime.IsZero() && wp.LastHandshakeTime.Unix() > 0 {
+			s.LastHandshake = wp.LastHandshakeTime.UTC()
+		}
+		st.Sessions = append(st.Sessions, s)
+		if time.Since(wp.LastHandshakeTime) < device.RejectAfterTime {
 			st.Connected = append(st.Connected, p.Name)
 		}
 	}

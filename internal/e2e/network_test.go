@@ -72,6 +72,9 @@ func talkAcross(t *testing.T, driverName string, spec *network.Spec) {
 		if err != nil || len(sts) != 1 || !slices.Equal(sts[0].Connected, []string{"s1", "s2"}) {
 			t.Fatalf("s0's network: %+v, %v; want s1 and s2 connected", sts, err)
 		}
+		if sts[0].PublicKey != "" {
+			checkWgShow(t, f.Servers[0], sts[0])
+		}
 	}
 
 	before, err := f.Servers[1].Client.Network(spec.Mode).Networks(ctx)
@@ -115,6 +118,45 @@ func talkAcross(t *testing.T, driverName string, spec *network.Spec) {
 		waitRoutes(t, f.Servers[0], 1)
 	}
 	send(t, f, "c-s0", addrs, "s1")
+}
+
+// checkWgShow checks that wg(8), run in server s, sees s's WireGuard
+// device as st (its Status, read through the agent) says: every peer's
+// endpoint and latest handshake.
+func checkWgShow(t *testing.T, s *fleet.Server, st *netdriver.Status) {
+	t.Helper()
+	ctx := context.Background()
+	out, err := s.Host.Command(ctx, "wg", "show", "all", "public-key").Output()
+	if err != nil {
+		t.Fatalf("wg show all public-key in %s: %v", s.Name, err)
+	}
+	var dev string
+	for line := range strings.Lines(string(out)) {
+		if f := strings.Fields(line); len(f) == 2 && f[1] == st.PublicKey {
+			dev = f[0]
+		}
+	}
+	if dev == "" {
+		t.Fatalf("wg show lists no device with %s's public key:\n%s", s.Name, out)
+	}
+	out, err = s.Host.Command(ctx, "wg", "show", dev, "dump").Output()
+	if err != nil {
+		t.Fatalf("wg show %s dump: %v", dev, err)
+	}
+	peers := map[string][]string{} // public key -> dump fields
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n")[1:] {
+		f := strings.Split(line, "\t")
+		peers[f[0]] = f
+	}
+	if len(st.Sessions) != len(st.Peers) || len(peers) != len(st.Peers) {
+		t.Fatalf("%d sessions in Status, %d peers in wg show, %d peers configured", len(st.Sessions), len(peers), len(st.Peers))
+	}
+	for i, sess := range st.Sessions {
+		f := peers[st.Peers[i].PublicKey]
+		if f == nil || sess.Peer != st.Peers[i].Name || f[2] != sess.Endpoint.String() || f[4] != fmt.Sprint(sess.LastHandshake.Unix()) {
+			t.Fatalf("%s: Status session %+v; wg show %q", s.Name, sess, f)
+		}
+	}
 }
 
 // waitRoutes waits until server s's kernel holds exactly n routes learnt

@@ -148,6 +148,21 @@ type Status struct {
 	// which WireGuard itself rejects the session's keys). Callers wait on
 	// it for a network to converge. Always empty in mode VXLAN.
 	Connected []string `json:"connected,omitempty"`
+	// Sessions are the WireGuard device's view of each peer, sorted by
+	// name (WireGuard modes): what `wg show` prints, readable through the
+	// agent.
+	Sessions []Session `json:"sessions,omitempty"`
+}
+
+// Session is a WireGuard peer as the device sees it.
+type Session struct {
+	Peer string `json:"peer"`
+	// Endpoint is where the peer's packets come from; zero before any.
+	Endpoint netip.AddrPort `json:"endpoint,omitzero"`
+	// LastHandshake is zero before the first handshake.
+	LastHandshake time.Time `json:"lastHandshake,omitzero"`
+	ReceiveBytes  int64     `json:"receiveBytes"`
+	TransmitBytes int64     `json:"transmitBytes"`
 }
 
 // Capabilities says what a driver supports.
