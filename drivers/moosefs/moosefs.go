@@ -753,6 +753,9 @@ func (d *Driver) mount(ctx context.Context, path, host, sub string, ro bool) err
 		args = append(args, "-o", "ro")
 	}
 	if _, err := d.tool(ctx, d.opts.MountTimeout, d.prog.Mount, args...); err != nil {
+		if d.mountedAt(path) == nil {
+			os.Remove(path)
+		}
 		return err
 	}
 	if d.mountedAt(path) == nil {
@@ -773,6 +776,7 @@ func (d *Driver) unmount(path string, force bool) error {
 	switch {
 	case err == nil:
 		d.log.Info("moosefs: unmounted", "path", path)
+		awaitMountExit(path, 5*time.Second)
 		return nil
 	case errors.Is(err, syscall.EINVAL) && d.mountedAt(path) == nil:
 		return nil
@@ -780,6 +784,33 @@ func (d *Driver) unmount(path string, force bool) error {
 		return errcode.New(errcode.FailedPrecondition, "moosefs: %s is busy; unmount it with Force", path)
 	}
 	return errcode.Syscall(err, "moosefs: unmount %s", path)
+}
+
+// awaitMountExit waits up to timeout until no mfsmount process serves
+// path (mfsmount names it in its command line), so that the master has
+// closed its session.
+func awaitMountExit(path string, timeout time.Duration) {
+	want := []byte("mfsmount (mounted on: " + path + ")")
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		found := false
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			if e.Name()[0] < '0' || e.Name()[0] > '9' {
+				continue
+			}
+			cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+			if bytes.HasPrefix(cmd, want) {
+				stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+				if !bytes.Contains(stat, []byte(") Z ")) {
+					found = true
+					break
+				}
+			}
+		}
+		if !found {
+			return
+		}
+	}
 }
 
 // mountInfo is a mount of the caller's mount namespace.
