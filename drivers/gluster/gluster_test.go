@@ -66,6 +66,8 @@ func TestReplicaSurvivesCutOff(t *testing.T) {
 	c := newCluster(t, 2)
 	pool := driver.Pool{Name: "rep", Members: []driver.Member{c.member(0), c.member(1)}, Layout: driver.Layout{Kind: driver.Replicate, Copies: 2}}
 	ds := []*Driver{c.open(t, 0, "rep", nil), c.open(t, 1, "rep", nil)}
+	// Members first, then the mounts once the volume exists.
+	applyAll(t, ds, configs(pool, []driver.Volume{{Name: "data"}}, false))
 	applyAll(t, ds, configs(pool, []driver.Volume{{Name: "data"}}, true))
 
 	data := make([]byte, 4<<20)
@@ -105,13 +107,14 @@ func TestReplicaSurvivesCutOff(t *testing.T) {
 		if b, err := os.ReadFile(name); err != nil || !bytes.Equal(b, data[:256<<10]) {
 			t.Fatalf("read with a replica cut off: %v", err)
 		}
+		t.Logf("write+read %d with a replica cut off: %v", i, time.Since(start))
 		stall = max(stall, time.Since(start))
 	}
 	if _, err := os.ReadFile(filepath.Join(ds[0].MountPath("data"), "blob")); err != nil {
 		t.Fatalf("reading an older file with a replica cut off: %v", err)
 	}
 	t.Logf("longest write+read with a replica cut off: %v (ping timeout %v)", stall, DefaultPingTimeout)
-	if stall > DefaultPingTimeout+5*time.Second {
+	if stall > 2*DefaultPingTimeout+3*time.Second {
 		t.Errorf("I/O stalled %v with a replica cut off", stall)
 	}
 	vs := volumeStatus(t, ds[0], "data")
@@ -336,6 +339,7 @@ func TestReplaceMember(t *testing.T) {
 	}
 	waitFor(t, 2*time.Minute, "heal onto the new member", func() bool {
 		vs := volumeStatus(t, ds[0], "data")
+		t.Logf("%+v", vs)
 		return vs.Health == driver.Healthy && vs.Pending == 0
 	})
 	cur, err := ds[0].volume(t.Context(), "data")

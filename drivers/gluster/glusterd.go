@@ -38,10 +38,10 @@ const glusterdScript = `mount --bind "$1" /run && mount --bind "$2" /var/lib/glu
 	`mount --bind "$3" /var/log/glusterfs && mount --bind "$4" ` + BrickRoot + ` && exec "$6" -N -f "$5"`
 
 // volfile is glusterd's own volfile: glusterd.vol as Debian ships it, but
-// with a ping timeout towards peers (Debian's 0 leaves a cut-off peer's
-// operations hanging until the CLI gives up) and short TCP keepalives.
-func (r *runner) volfile() []byte {
-	return fmt.Appendf(nil, `volume management
+// with a ping timeout of 5 s towards peers (Debian's 0 leaves a cut-off
+// peer's operations hanging until the CLI gives up) and short TCP
+// keepalives.
+const volfile = `volume management
     type mgmt/glusterd
     option working-directory /var/lib/glusterd
     option transport-type socket
@@ -50,12 +50,11 @@ func (r *runner) volfile() []byte {
     option transport.socket.keepalive-count 3
     option transport.socket.read-fail-log off
     option transport.socket.listen-port 24007
-    option ping-timeout %d
+    option ping-timeout 5
     option event-threads 1
     option max-port 60999
 end-volume
-`, seconds(r.opts.PingTimeout))
-}
+`
 
 func seconds(d time.Duration) int { return max(1, int((d+time.Second-1)/time.Second)) }
 
@@ -94,7 +93,7 @@ func (r *runner) ensure(ctx context.Context) (bool, error) {
 		return false, errcode.Syscall(err, "gluster: %s", run)
 	}
 	vol := filepath.Join(r.dir, "glusterd.vol")
-	if err := os.WriteFile(vol, r.volfile(), 0o600); err != nil {
+	if err := os.WriteFile(vol, []byte(volfile), 0o600); err != nil {
 		return false, errcode.Syscall(err, "gluster: writing %s", vol)
 	}
 	logf, err := os.OpenFile(filepath.Join(r.dir, "log", "glusterd.stderr"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -309,7 +308,11 @@ type quotaXML struct {
 
 // retryable are the CLI's answers when another operation holds the pool's
 // lock; the operation is tried again.
-var retryable = []string{"Another transaction is in progress", "Locking failed", "ocking failed on", "Lock for", "try again"}
+var retryable = []string{"Another transaction is in progress", "ocking failed", "Lock for", "try again", errNoAnswer}
+
+// errNoAnswer marks a CLI that exited without an answer (as it does when
+// glusterd drops its request while a peer is found unreachable).
+const errNoAnswer = "exited without an answer"
 
 // cli runs the gluster CLI in glusterd's namespaces with args and returns
 // its parsed --xml answer. A refusal is errcode.FailedPrecondition (NotFound,
@@ -355,6 +358,9 @@ func (r *runner) cliOnce(ctx context.Context, args ...string) (*cliOutput, error
 	var out cliOutput
 	if err := xml.Unmarshal(stdout.Bytes(), &out); err != nil {
 		msg := strings.TrimSpace(stdout.String() + " " + stderr.String())
+		if msg == "" {
+			msg = errNoAnswer
+		}
 		return nil, errcode.New(errcode.Unavailable, "gluster %s: %v: %.400s", what, runErr, msg)
 	}
 	if out.OpRet != 0 {

@@ -28,7 +28,7 @@ type cluster struct {
 	base  string
 }
 
-func newCluster(t *testing.T, n int) *cluster {
+func newCluster(t testing.TB, n int) *cluster {
 	t.Helper()
 	needs(t)
 	return &cluster{hosts: testhost.New(t, n), base: t.TempDir()}
@@ -36,7 +36,7 @@ func newCluster(t *testing.T, n int) *cluster {
 
 // open opens host i's driver of pool; the test's end unmounts its mounts
 // and closes it.
-func (c *cluster) open(t *testing.T, i int, pool string, opts *Options) *Driver {
+func (c *cluster) open(t testing.TB, i int, pool string, opts *Options) *Driver {
 	t.Helper()
 	h := c.hosts.Hosts[i]
 	o := Options{}
@@ -74,7 +74,7 @@ func (c *cluster) servers(t *testing.T) []drivertest.Server {
 	return out
 }
 
-func apply(t *testing.T, d *Driver, cfg *driver.Config) {
+func apply(t testing.TB, d *Driver, cfg *driver.Config) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -101,7 +101,7 @@ func configs(pool driver.Pool, volumes []driver.Volume, mount bool) []*driver.Co
 
 // applyAll applies cfgs, the coordinator's first, in the order a pool
 // needs: the other members, then the coordinator.
-func applyAll(t *testing.T, ds []*Driver, cfgs []*driver.Config) {
+func applyAll(t testing.TB, ds []*Driver, cfgs []*driver.Config) {
 	t.Helper()
 	for i := 1; i < len(cfgs); i++ {
 		apply(t, ds[i], cfgs[i])

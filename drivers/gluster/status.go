@@ -2,6 +2,7 @@ package gluster
 
 import (
 	"context"
+	"maps"
 	"net"
 	"net/netip"
 	"strconv"
@@ -50,26 +51,41 @@ func (d *Driver) Status(ctx context.Context) (*driver.Status, error) {
 	online := map[string]bool{} // brick name (host:path) online
 	type space struct{ total, free int64 }
 	capacity := map[string]space{} // by host
-	downHosts := map[string]bool{}
-	if len(vols) > 0 {
+	known := len(vols) > 0
+	if known {
+		// A cluster-wide operation: it fails while a peer is being found
+		// unreachable. The heal backlog's brick states stand in for it.
 		out, err := d.run.cli(ctx, "volume", "status", "all", "detail")
 		if err != nil {
-			return nil, err
-		}
-		for _, v := range out.VolStatus.Volumes {
-			for _, n := range v.Nodes {
-				online[n.Hostname+":"+n.Path] = n.Status == 1
-				if _, seen := capacity[n.Hostname]; !seen && n.Status == 1 {
-					capacity[n.Hostname] = space{n.SizeTotal, n.SizeFree}
+			d.log.WarnContext(ctx, "gluster: volume status", "err", err)
+			known = false
+		} else {
+			for _, v := range out.VolStatus.Volumes {
+				for _, n := range v.Nodes {
+					online[n.Hostname+":"+n.Path] = n.Status == 1
+					if _, seen := capacity[n.Hostname]; !seen && n.Status == 1 {
+						capacity[n.Hostname] = space{n.SizeTotal, n.SizeFree}
+					}
 				}
 			}
 		}
-		for _, v := range vols {
-			for _, b := range v.Bricks {
-				if !online[b.Name] {
-					host, _, _ := strings.Cut(b.Name, ":")
-					downHosts[host] = true
-				}
+	}
+	pending := map[string]int{}
+	for name, v := range vols {
+		if v.Replica > 1 || v.Disperse > 0 {
+			var bricks map[string]bool
+			pending[name], bricks = d.heal(ctx, name)
+			if !known {
+				maps.Copy(online, bricks)
+			}
+		}
+	}
+	downHosts := map[string]bool{}
+	for _, v := range vols {
+		for _, b := range v.Bricks {
+			if up, ok := online[b.Name]; ok && !up {
+				host, _, _ := strings.Cut(b.Name, ":")
+				downHosts[host] = true
 			}
 		}
 	}
@@ -87,13 +103,12 @@ func (d *Driver) Status(ctx context.Context) (*driver.Status, error) {
 	}
 	for _, v := range cfg.Volumes {
 		vs := driver.VolumeStatus{Volume: v, Health: driver.Unknown, Source: coord + ":/" + v.Name}
-		if cur, ok := vols[v.Name]; ok {
+		p, healed := pending[v.Name]
+		if cur, ok := vols[v.Name]; ok && (known || healed && p >= 0) {
 			vs.Health = health(cur, online)
-			if cur.Replica > 1 || cur.Disperse > 0 {
-				vs.Pending = d.pending(ctx, v.Name)
-				if vs.Pending > 0 && vs.Health == driver.Healthy {
-					vs.Health = driver.Degraded
-				}
+			vs.Pending = max(0, pending[v.Name])
+			if vs.Pending > 0 && vs.Health == driver.Healthy {
+				vs.Health = driver.Degraded
 			}
 			if v.QuotaBytes > 0 {
 				_, vs.UsedBytes = d.quota(ctx, v.Name)
@@ -105,7 +120,8 @@ func (d *Driver) Status(ctx context.Context) (*driver.Status, error) {
 	return st, nil
 }
 
-// health is a volume's health from its bricks online: a set that lost more
+// health is a volume's health from its bricks online (a brick online
+// does not hold is down): a set that lost more
 // bricks than it can (all of a replica set's data bricks, more than a
 // disperse set's redundancy, any distributed brick) is Down, one that lost
 // fewer Degraded.
@@ -142,21 +158,22 @@ func health(v volumeXML, online map[string]bool) driver.Health {
 	return h
 }
 
-// pending sums the heal backlog of volume's bricks; -1 entries of an
-// unreachable brick count nothing.
-func (d *Driver) pending(ctx context.Context, volume string) int {
+// heal returns the heal backlog of volume's bricks (-1 if unknown) and
+// which bricks the heal check reached.
+func (d *Driver) heal(ctx context.Context, volume string) (int, map[string]bool) {
 	out, err := d.run.cli(ctx, "volume", "heal", volume, "info", "summary")
 	if err != nil {
 		d.log.WarnContext(ctx, "gluster: reading the heal backlog", "volume", volume, "err", err)
-		return 0
+		return -1, nil
 	}
-	n := 0
+	n, reached := 0, map[string]bool{}
 	for _, b := range out.Heal {
+		reached[b.Name] = b.Status == "Connected"
 		if k, err := strconv.Atoi(strings.TrimSpace(b.Entries)); err == nil && k > 0 {
 			n += k
 		}
 	}
-	return n
+	return n, reached
 }
 
 // answers reports whether glusterd at addr accepts a connection from this

@@ -558,6 +558,9 @@ func (d *Driver) ReplaceMember(ctx context.Context, old string, newMember driver
 				continue
 			}
 			d.log.InfoContext(ctx, "gluster: brick replaced", "volume", v.Name, "old", b.Name, "new", newAddr+":"+dir)
+			// The self-heal daemons otherwise may wait for their next
+			// crawl (cluster.heal-timeout, 10 min) to fill the new brick.
+			d.triggerHeal(ctx, v.Name)
 		}
 	}
 	if len(errs) > 0 {
@@ -567,6 +570,22 @@ func (d *Driver) ReplaceMember(ctx context.Context, old string, newMember driver
 		d.log.WarnContext(ctx, "gluster: detaching the replaced member", "addr", oldAddr, "err", err)
 	}
 	return d.record(next)
+}
+
+// triggerHeal starts an index heal of volume, trying again while the
+// self-heal daemons restart after a brick change (up to Options.Timeout).
+func (d *Driver) triggerHeal(ctx context.Context, volume string) {
+	deadline := time.Now().Add(d.opts.Timeout)
+	for {
+		_, err := d.run.cli(ctx, "volume", "heal", volume)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			if err != nil {
+				d.log.WarnContext(ctx, "gluster: starting a heal", "volume", volume, "err", err)
+			}
+			return
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 // record makes next the config in force. Called with d.mu held.
