@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/storage/driver"
 )
 
@@ -172,6 +173,9 @@ func (d *Driver) checkFiles(ctx context.Context, dir string, goal int) (pending,
 // of it.
 func (d *Driver) RemoveVolume(ctx context.Context, name string, opts *driver.RemoveOptions) error {
 	force := opts != nil && opts.Force
+	if err := names.Label(name); err != nil {
+		return errcode.New(errcode.InvalidArgument, "volume name: %v", err)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -284,8 +288,12 @@ func (d *Driver) Leave(ctx context.Context, opts *driver.RemoveOptions) error {
 	}
 	d.cs.Stop()
 	if force {
-		if err := os.RemoveAll(filepath.Join(d.dir, ChunkServerDir, ChunksDir)); err != nil {
-			return errcode.Syscall(err, "pool %q: delete the chunks", cfg.Pool.Name)
+		// The chunks, and the chunk server's identity in the pool (a
+		// chunk server keeps to the master it first served).
+		for _, sub := range []string{ChunksDir, DataDir} {
+			if err := os.RemoveAll(filepath.Join(d.dir, ChunkServerDir, sub)); err != nil {
+				return errcode.Syscall(err, "pool %q: delete the chunk server's data", cfg.Pool.Name)
+			}
 		}
 	}
 	d.cfg, d.files = nil, nil
