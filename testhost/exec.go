@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // execMarker, as the first argument, makes a program that imports testhost
@@ -107,4 +110,73 @@ func cgroupMounts() ([]cgroupMount, error) {
 		mounts = append(mounts, cgroupMount{Target: f[4], Source: g[1], FSType: g[0], Data: strings.Join(opts, ",")})
 	}
 	return mounts, nil
+}
+
+// mntPrefix starts the names of the files in lockDir that hold hosts'
+// mount namespaces; the host's namespace name follows.
+const mntPrefix = "mnt-"
+
+// ServerCommand is Command in a mount namespace that belongs to the host
+// for its whole life, instead of a fresh one each time: what one such
+// process mounts (a FUSE file system), the next one sees, as processes of
+// a real server do. Like Command's, the namespace has a /sys for the
+// host's network namespace and the machine's cgroup mounts. It is made on
+// first use (with nsenter from util-linux entering it) and removed when
+// the cluster closes.
+func (h *Host) ServerCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	h.mntOnce.Do(func() { h.mntErr = h.makeMountNS() })
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--mount=" + h.mntFile, "--net=" + filepath.Join(netnsDir, h.Netns), "--", name}, args...)...)
+	if h.mntErr != nil {
+		cmd.Err = h.mntErr
+	}
+	return cmd
+}
+
+// makeMountNS makes the host's mount namespace: a process started as
+// Command starts one waits while its namespace is bound to a file.
+func (h *Host) makeMountNS() error {
+	cmd := h.Command(context.Background(), "/bin/sh", "-c", "read _")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	// The re-exec helper execs sh once it has restored the cgroup mounts.
+	comm := filepath.Join("/proc", strconv.Itoa(cmd.Process.Pid), "comm")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if b, _ := os.ReadFile(comm); string(b) == "sh\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			return fmt.Errorf("testhost: making %s's mount namespace: its first process did not start", h.Name)
+		}
+	}
+	file := filepath.Join(lockDir, mntPrefix+h.Netns)
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		return err
+	}
+	src := filepath.Join("/proc", strconv.Itoa(cmd.Process.Pid), "ns", "mnt")
+	if err := syscall.Mount(src, file, "", syscall.MS_BIND, ""); err != nil {
+		os.Remove(file)
+		return fmt.Errorf("testhost: keeping %s's mount namespace: %w", h.Name, err)
+	}
+	h.mntFile = file
+	return nil
+}
+
+// releaseMountNS unbinds a host's mount namespace file and removes it; the
+// namespace goes when its last process does.
+func releaseMountNS(file string) error {
+	if err := syscall.Unmount(file, syscall.MNT_DETACH); err != nil && err != syscall.EINVAL && err != syscall.ENOENT {
+		return fmt.Errorf("testhost: unbinding %s: %w", file, err)
+	}
+	if err := os.Remove(file); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
 }

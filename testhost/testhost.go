@@ -113,6 +113,10 @@ type Host struct {
 	Link string
 
 	ns netns.NsHandle // open until the cluster is closed
+
+	mntOnce sync.Once
+	mntFile string // the host's own mount namespace, bound here; "" until made
+	mntErr  error
 }
 
 // New builds a cluster of n hosts for a test and tears it down in t.Cleanup,
@@ -308,6 +312,9 @@ func (c *Cluster) teardown() error {
 	var errs []error
 	for _, h := range c.Hosts {
 		closeNs(&h.ns)
+		if h.mntFile != "" {
+			errs = append(errs, releaseMountNS(h.mntFile))
+		}
 	}
 	closeNs(&c.switchH)
 	if c.rootLink != "" {
@@ -552,6 +559,15 @@ func Sweep() error {
 			if err := netlink.LinkDel(l); err != nil && !errors.Is(err, syscall.ENODEV) {
 				errs = append(errs, fmt.Errorf("deleting root link %s: %w", l.Attrs().Name, err))
 			}
+		}
+	}
+	mnts, err := filepath.Glob(filepath.Join(lockDir, mntPrefix+"*"))
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, path := range mnts {
+		if pid, ok := ownerPid(strings.TrimPrefix(filepath.Base(path), mntPrefix)); ok && !alive(pid) {
+			errs = append(errs, releaseMountNS(path))
 		}
 	}
 	locks, err := filepath.Glob(filepath.Join(lockDir, "subnet-*.lock"))

@@ -15,10 +15,12 @@ import (
 	discdriver "github.com/musterkit/muster/discovery/driver"
 	"github.com/musterkit/muster/discovery/memdiscovery"
 	"github.com/musterkit/muster/drivers/bgp"
+	"github.com/musterkit/muster/drivers/gluster"
 	"github.com/musterkit/muster/drivers/haproxy"
 	"github.com/musterkit/muster/drivers/keepalived"
 	"github.com/musterkit/muster/drivers/lvs"
 	"github.com/musterkit/muster/drivers/lxc"
+	"github.com/musterkit/muster/drivers/moosefs"
 	"github.com/musterkit/muster/drivers/nfs"
 	"github.com/musterkit/muster/drivers/nginx"
 	"github.com/musterkit/muster/drivers/vxlan"
@@ -57,6 +59,20 @@ var (
 		"memory": func(hostname string, addr netip.Addr, _ *slog.Logger) agent.StorageKind {
 			world := memstorage.NewCluster()
 			return func(context.Context, string) (storagedriver.Driver, error) { return world.Open(hostname, addr), nil }
+		},
+		// gluster: glusterd (and its bricks) in this server's namespace,
+		// FUSE mounts with glusterfs; one Gluster pool per server.
+		"gluster": func(_ string, _ netip.Addr, log *slog.Logger) agent.StorageKind {
+			return func(ctx context.Context, dir string) (storagedriver.Driver, error) {
+				return gluster.Open(ctx, dir, &gluster.Options{Logger: log})
+			}
+		},
+		// moosefs: the master on the pool's first server, a chunk server
+		// on each member, FUSE mounts with mfsmount.
+		"moosefs": func(_ string, _ netip.Addr, log *slog.Logger) agent.StorageKind {
+			return func(ctx context.Context, dir string) (storagedriver.Driver, error) {
+				return moosefs.Open(ctx, dir, &moosefs.Options{Logger: log})
+			}
 		},
 		// nfs: exports served by nfs-ganesha (and rpcbind) in this
 		// server's namespace; one NFS pool per server (port 2049).

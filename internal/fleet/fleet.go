@@ -222,7 +222,9 @@ func (s *Server) start(ctx context.Context, joinArgs ...string) error {
 		args = append(args, "--storage", k)
 	}
 	args = append(append(args, s.ExtraArgs...), joinArgs...)
-	cmd := s.Host.Command(context.WithoutCancel(ctx), s.fleet.opts.AgentBinary, args...)
+	// The server's own mount namespace, the same at every start: FUSE
+	// mounts an agent made (storage) outlive it, as on a real server.
+	cmd := s.Host.ServerCommand(context.WithoutCancel(ctx), s.fleet.opts.AgentBinary, args...)
 	cmd.Stdout, cmd.Stderr = s.fleet.opts.AgentLog, s.fleet.opts.AgentLog
 	if cmd.Stderr == nil {
 		cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
