@@ -132,10 +132,10 @@ type Driver struct {
 	master *daemon.Instance
 	cs     *daemon.Instance
 
-	mu      sync.Mutex
-	cfg     *driver.Config // in force; nil before the first Apply
-	files   *Rendered      // the files of cfg (or of the Apply under way)
-	closed  bool
+	mu     sync.Mutex
+	cfg    *driver.Config // in force; nil before the first Apply
+	files  *Rendered      // the files of cfg (or of the Apply under way)
+	closed bool
 
 	logMu   sync.Mutex
 	logFrom map[string]int64 // log size at each daemon's last start
@@ -154,11 +154,9 @@ func Open(ctx context.Context, dir string, opts *Options) (*Driver, error) {
 	}
 	d := &Driver{dir: dir, opts: *opts, prog: opts.Programs.withDefaults(), log: opts.Logger, ns: -1, logFrom: map[string]int64{}}
 	d.opts.Ports = d.opts.Ports.withDefaults()
-	for what, p := range map[string]string{"network namespace": opts.NetNS} {
-		if p != "" {
-			if err := confpath.Plain(what, p); err != nil {
-				return nil, err
-			}
+	if opts.NetNS != "" {
+		if err := confpath.Plain("network namespace", opts.NetNS); err != nil {
+			return nil, err
 		}
 	}
 	for _, p := range []string{d.prog.Master, d.prog.ChunkServer, d.prog.Mount, d.prog.Tools, d.prog.EmptyMetadata, d.prog.Nsenter} {

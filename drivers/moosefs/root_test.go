@@ -160,7 +160,7 @@ func pool(srvs []server, members int, layout driver.Layout) driver.Pool {
 // apply applies cfgs in the order a pool forms: the members but the
 // coordinator (without their mounts, which need the master), the
 // coordinator, then the members' mounts and the clients.
-func apply(t *testing.T, ds []*moosefs.Driver, cfgs []*driver.Config, members int) {
+func apply(t testing.TB, ds []*moosefs.Driver, cfgs []*driver.Config, members int) {
 	t.Helper()
 	do := func(i int, cfg *driver.Config) {
 		t.Helper()
