@@ -48,6 +48,7 @@ import (
 	"github.com/musterkit/muster/network"
 	netdriver "github.com/musterkit/muster/network/driver"
 	"github.com/musterkit/muster/network/memnetwork"
+	"github.com/musterkit/muster/storage"
 )
 
 func main() {
@@ -114,7 +115,7 @@ func servers(ctx context.Context, agentBin string) (*env, func() error, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := fleet.Start(ctx, 3, fleet.Options{AgentBinary: agentBin, AgentLog: agentLog, Networks: []string{"vxlan", "wireguard"}})
+	f, err := fleet.Start(ctx, 3, fleet.Options{AgentBinary: agentBin, AgentLog: agentLog, Networks: []string{"vxlan", "wireguard"}, Storage: []string{"gluster"}})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -258,7 +259,68 @@ func flow(ctx context.Context, e *env) error {
 	if err := secure(ctx, e); err != nil {
 		return err
 	}
+	if e.real {
+		if err := share(ctx, e); err != nil {
+			return err
+		}
+	}
 	return rotateAndRevoke(ctx)
+}
+
+// share puts a GlusterFS volume replicated over s0 and s1 into a
+// container on each: what one writes, the other reads.
+func share(ctx context.Context, e *env) error {
+	step("shared storage: a GlusterFS volume replicated over s0 and s1 (glusterd on each, through its agent)")
+	pools := e.fleet.Storage
+	if err := pools.Create(ctx, storage.PoolSpec{Name: "shared", Kind: "gluster", Servers: []string{"s0", "s1"}, Layout: storage.Layout{Kind: storage.Replicate, Copies: 2}}); err != nil {
+		return err
+	}
+	if err := pools.CreateVolume(ctx, "shared", storage.Volume{Name: "data"}); err != nil {
+		return err
+	}
+	for _, srv := range []string{"s0", "s1"} {
+		path, err := pools.Mount(ctx, srv, "shared", "data", nil)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("  %s mounted shared/data at %s\n", srv, path)
+		name := "files-" + srv
+		s, _ := e.containers.Server(srv)
+		if _, err := s.Create(ctx, &container.Spec{Name: name, Image: "base", Mounts: []container.Mount{{Volume: "shared/data", Target: "/data"}}}); err != nil {
+			return err
+		}
+		if err := s.Start(ctx, name); err != nil {
+			return err
+		}
+	}
+	step("files-s0 (on s0) writes /data/greeting; files-s1 (on s1) reads it")
+	s0, _ := e.containers.Server("s0")
+	s1, _ := e.containers.Server("s1")
+	if err := exec(ctx, s0, "files-s0", "", "sh", "-c", "echo hello from s0 > /data/greeting"); err != nil {
+		return err
+	}
+	if err := exec(ctx, s1, "files-s1", "", "cat", "/data/greeting"); err != nil {
+		return err
+	}
+	st, err := pools.Status(ctx, "shared")
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(os.Stdout, 2, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "  VOLUME\tHEALTH\tSOURCE\tMOUNTED ON")
+	for _, v := range st.Volumes {
+		var on []string
+		for srv, ms := range st.Mounts {
+			for _, m := range ms {
+				if m.Volume == v.Name && m.Healthy {
+					on = append(on, srv)
+				}
+			}
+		}
+		slices.Sort(on)
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", v.Name, v.Health, v.Source, strings.Join(on, ", "))
+	}
+	return w.Flush()
 }
 
 // labels are a demo container's labels: its app, and for db the service
