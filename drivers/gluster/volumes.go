@@ -220,6 +220,12 @@ func (d *Driver) createVolume(ctx context.Context, cfg *driver.Config, v driver.
 	}
 	d.log.InfoContext(ctx, "gluster: volume created", "volume", v.Name, "layout", l.Kind)
 	undo.add("create volume "+v.Name, func(ctx context.Context) error { return d.deleteVolume(ctx, v.Name) })
+	// Options set before the start reach no running brick or client.
+	for k, val := range d.wantOptions(v) {
+		if _, err := d.run.cli(ctx, "volume", "set", v.Name, k, val); err != nil {
+			return fmt.Errorf("volume %q: %w", v.Name, err)
+		}
+	}
 	if _, err := d.run.cli(ctx, "volume", "start", v.Name); err != nil {
 		return fmt.Errorf("volume %q: %w", v.Name, err)
 	}
@@ -281,12 +287,10 @@ func (d *Driver) growVolume(ctx context.Context, cfg *driver.Config, cur volumeX
 		_, err := d.run.cli(ctx, append(append([]string{"volume", "remove-brick", cur.Name}, added...), "force")...)
 		return err
 	})
-	if cfg.Pool.Layout.Kind != driver.Replicate || len(names) > 0 {
-		// New directories spread over the new bricks; existing ones
-		// once their layout is fixed.
-		if _, err := d.run.cli(ctx, "volume", "rebalance", cur.Name, "fix-layout", "start"); err != nil {
-			d.log.WarnContext(ctx, "gluster: fixing the layout after growing", "volume", cur.Name, "err", err)
-		}
+	// Existing directories spread new files over the new bricks once
+	// their layout is fixed (files stay where they are).
+	if _, err := d.run.cli(ctx, "volume", "rebalance", cur.Name, "fix-layout", "start"); err != nil {
+		d.log.WarnContext(ctx, "gluster: fixing the layout after growing", "volume", cur.Name, "err", err)
 	}
 	return nil
 }
