@@ -5,12 +5,10 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"sync/atomic"
 
 	"github.com/musterkit/muster/agent/internal/wire"
 	"github.com/musterkit/muster/errcode"
 	lbdriver "github.com/musterkit/muster/lb/driver"
-	"github.com/musterkit/muster/names"
 )
 
 // BalancerKind opens a load-balancer instance of one kind (HAProxy,
@@ -120,7 +118,7 @@ func (bs *Balancers) Routes(route func(string, http.HandlerFunc)) {
 // fail with errcode.NotFound. Capabilities are those the agent reported
 // for kind when the client dialled (none if it offers no such kind).
 func (c *Client) Balancer(kind, name string) lbdriver.Driver {
-	return &balancerClient{c: c, kind: kind, name: name}
+	return &balancerClient{handle{c: c, service: "balancers", what: "balancer", kind: kind, name: name}}
 }
 
 // Balancers lists the balancers the agent's server runs.
@@ -128,32 +126,9 @@ func (c *Client) Balancers(ctx context.Context) ([]Info, error) {
 	return call[[]Info](ctx, c, http.MethodGet, apiPath("balancers"), nil)
 }
 
-type balancerClient struct {
-	c          *Client
-	kind, name string
-	closed     atomic.Bool
-}
+type balancerClient struct{ handle }
 
 var _ lbdriver.Driver = (*balancerClient)(nil)
-
-func (b *balancerClient) path(segments ...string) string {
-	return apiPath(append([]string{"balancers", b.name}, segments...)...)
-}
-
-// check fails after Close, and validates what goes into a path, so that a
-// malformed name is InvalidArgument here rather than a route the agent does
-// not know.
-func (b *balancerClient) check(values ...string) error {
-	if b.closed.Load() {
-		return errcode.New(errcode.FailedPrecondition, "balancer %q: closed", b.name)
-	}
-	for _, n := range values {
-		if err := names.Label(n); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 func (b *balancerClient) Apply(ctx context.Context, cfg *lbdriver.Config) error {
 	if err := b.check(b.name, b.kind); err != nil {

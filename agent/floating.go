@@ -7,12 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"sync/atomic"
 
 	"github.com/musterkit/muster/agent/internal/wire"
 	"github.com/musterkit/muster/errcode"
 	hadriver "github.com/musterkit/muster/ha/driver"
-	"github.com/musterkit/muster/names"
 )
 
 // FloatingIPKind opens a floating-IP speaker of one kind (keepalived,
@@ -110,28 +108,12 @@ func (fs *FloatingIPs) Routes(route func(string, http.HandlerFunc)) {
 // reported for kind when the client dialled (none if it offers no such
 // kind).
 func (c *Client) FloatingIP(kind, name string) hadriver.Driver {
-	return &floatingClient{c: c, kind: kind, name: name}
+	return &floatingClient{handle{c: c, service: "floating-ips", what: "floating IP group", kind: kind, name: name}}
 }
 
-type floatingClient struct {
-	c          *Client
-	kind, name string
-	closed     atomic.Bool
-}
+type floatingClient struct{ handle }
 
 var _ hadriver.Driver = (*floatingClient)(nil)
-
-func (f *floatingClient) check(values ...string) error {
-	if f.closed.Load() {
-		return errcode.New(errcode.FailedPrecondition, "floating IP group %q: closed", f.name)
-	}
-	for _, n := range values {
-		if err := names.Label(n); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 func (f *floatingClient) Apply(ctx context.Context, cfg *hadriver.Config) error {
 	if err := f.check(f.name, f.kind); err != nil {
@@ -140,7 +122,7 @@ func (f *floatingClient) Apply(ctx context.Context, cfg *hadriver.Config) error 
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	return do(ctx, f.c, http.MethodPut, apiPath("floating-ips", f.name, f.kind), cfg)
+	return do(ctx, f.c, http.MethodPut, f.path(f.kind), cfg)
 }
 
 // Status implements hadriver.Driver; after Close it is Stopped.
@@ -151,14 +133,14 @@ func (f *floatingClient) Status(ctx context.Context) (*hadriver.Status, error) {
 	if err := f.check(f.name, f.kind); err != nil {
 		return nil, err
 	}
-	return call[*hadriver.Status](ctx, f.c, http.MethodGet, apiPath("floating-ips", f.name, f.kind, "status"), nil)
+	return call[*hadriver.Status](ctx, f.c, http.MethodGet, f.path(f.kind, "status"), nil)
 }
 
 func (f *floatingClient) Watch(ctx context.Context) (<-chan hadriver.Event, error) {
 	if err := f.check(f.name, f.kind); err != nil {
 		return nil, err
 	}
-	resp, err := f.c.roundTrip(ctx, http.MethodGet, apiPath("floating-ips", f.name, f.kind, "events"), nil, nil)
+	resp, err := f.c.roundTrip(ctx, http.MethodGet, f.path(f.kind, "events"), nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +178,7 @@ func (f *floatingClient) Close() error {
 		return nil
 	}
 	f.closed.Store(true)
-	err := do(context.Background(), f.c, http.MethodDelete, apiPath("floating-ips", f.name), nil)
+	err := do(context.Background(), f.c, http.MethodDelete, f.path(), nil)
 	if errors.Is(err, errcode.NotFound) {
 		return nil
 	}

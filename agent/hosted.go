@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/renameio/v2"
 
@@ -302,4 +303,33 @@ func (h *Hosted[D, C]) Close() error {
 		delete(h.running, name)
 	}
 	return errors.Join(errs...)
+}
+
+// handle is a client's handle on one instance a Hosted service runs on
+// the agent's server: its routes are under /v1/<service>/<name>.
+type handle struct {
+	c          *Client
+	service    string // "balancers"
+	what       string // "balancer", for messages
+	kind, name string
+	closed     atomic.Bool
+}
+
+func (h *handle) path(segments ...string) string {
+	return apiPath(append([]string{h.service, h.name}, segments...)...)
+}
+
+// check fails after Close, and validates what goes into a path, so that a
+// malformed name is InvalidArgument here rather than a route the agent
+// does not know.
+func (h *handle) check(values ...string) error {
+	if h.closed.Load() {
+		return errcode.New(errcode.FailedPrecondition, "%s %q: closed", h.what, h.name)
+	}
+	for _, n := range values {
+		if err := names.Label(n); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"sync/atomic"
 
 	"github.com/musterkit/muster/agent/internal/wire"
 	containerdriver "github.com/musterkit/muster/container/driver"
@@ -144,7 +143,7 @@ func (s *Storage) leave(ctx context.Context, pool string, opts *storagedriver.Re
 // Capabilities are those the agent reported for kind when the client
 // dialled (none if it offers no such kind).
 func (c *Client) StoragePool(kind, pool string) storagedriver.Driver {
-	return &storageClient{c: c, kind: kind, pool: pool}
+	return &storageClient{handle{c: c, service: "storage", what: "storage pool", kind: kind, name: pool}}
 }
 
 // StoragePools lists the pools the agent's server takes part in.
@@ -152,46 +151,25 @@ func (c *Client) StoragePools(ctx context.Context) ([]Info, error) {
 	return call[[]Info](ctx, c, http.MethodGet, apiPath("storage"), nil)
 }
 
-type storageClient struct {
-	c          *Client
-	kind, pool string
-	closed     atomic.Bool
-}
+type storageClient struct{ handle }
 
 var _ storagedriver.Driver = (*storageClient)(nil)
 
-func (s *storageClient) path(segments ...string) string {
-	return apiPath(append([]string{"storage", s.pool}, segments...)...)
-}
-
-// check fails after Close, and validates what goes into a path.
-func (s *storageClient) check(values ...string) error {
-	if s.closed.Load() {
-		return errcode.New(errcode.FailedPrecondition, "storage pool %q: closed", s.pool)
-	}
-	for _, n := range values {
-		if err := names.Label(n); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 func (s *storageClient) Apply(ctx context.Context, cfg *storagedriver.Config) error {
-	if err := s.check(s.pool, s.kind); err != nil {
+	if err := s.check(s.name, s.kind); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if cfg.Pool.Name != s.pool {
-		return errcode.New(errcode.FailedPrecondition, "this driver runs a part in pool %q, not %q", s.pool, cfg.Pool.Name)
+	if cfg.Pool.Name != s.name {
+		return errcode.New(errcode.FailedPrecondition, "this driver runs a part in pool %q, not %q", s.name, cfg.Pool.Name)
 	}
 	return do(ctx, s.c, http.MethodPut, s.path(s.kind), cfg)
 }
 
 func (s *storageClient) Config(ctx context.Context) (*storagedriver.Config, error) {
-	if err := s.check(s.pool); err != nil {
+	if err := s.check(s.name); err != nil {
 		return nil, err
 	}
 	cfg, err := call[*storagedriver.Config](ctx, s.c, http.MethodGet, s.path("config"), nil)
@@ -202,14 +180,14 @@ func (s *storageClient) Config(ctx context.Context) (*storagedriver.Config, erro
 }
 
 func (s *storageClient) Status(ctx context.Context) (*storagedriver.Status, error) {
-	if err := s.check(s.pool); err != nil {
+	if err := s.check(s.name); err != nil {
 		return nil, err
 	}
 	return call[*storagedriver.Status](ctx, s.c, http.MethodGet, s.path("status"), nil)
 }
 
 func (s *storageClient) RemoveVolume(ctx context.Context, name string, opts *storagedriver.RemoveOptions) error {
-	if err := s.check(s.pool, name); err != nil {
+	if err := s.check(s.name, name); err != nil {
 		return err
 	}
 	if opts == nil {
@@ -219,7 +197,7 @@ func (s *storageClient) RemoveVolume(ctx context.Context, name string, opts *sto
 }
 
 func (s *storageClient) Leave(ctx context.Context, opts *storagedriver.RemoveOptions) error {
-	if err := s.check(s.pool); err != nil {
+	if err := s.check(s.name); err != nil {
 		return err
 	}
 	if opts == nil {
