@@ -612,6 +612,9 @@ func (d *Driver) record(next *driver.Config) error {
 func (d *Driver) Leave(ctx context.Context, opts *driver.RemoveOptions) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if !d.closed && d.cfg == nil {
+		return nil // no part in force: nothing to leave
+	}
 	cfg, err := d.usable()
 	if err != nil {
 		return err

@@ -249,7 +249,7 @@ func (d *Driver) Leave(ctx context.Context, opts *driver.RemoveOptions) error {
 	}
 	cfg := d.cfg
 	if cfg == nil {
-		return errcode.New(errcode.FailedPrecondition, "moosefs: no pool to leave before the first Apply")
+		return nil // no part in force: nothing to leave
 	}
 	coord, _ := roles(cfg)
 	if coord && !force {

@@ -66,7 +66,8 @@ type Driver interface {
 	// stops its daemons and, on the coordinator, deletes the pool, which
 	// must hold no volumes unless opts.Force (errcode.FailedPrecondition).
 	// A member's stored data is deleted only with opts.Force. Afterwards
-	// the driver is as before its first Apply.
+	// the driver is as before its first Apply; leaving without a part in
+	// force (before the first Apply, or again) is no error.
 	Leave(ctx context.Context, opts *RemoveOptions) error
 	// Capabilities says which optional features the driver supports.
 	Capabilities() Capabilities

@@ -534,6 +534,9 @@ func testLeave(t *testing.T, s *suite) {
 	for i, d := range s.drivers {
 		_, err := d.Status(ctx(t))
 		wantCode(t, "Status on "+s.servers[i].Name+" after Leave", err, errcode.FailedPrecondition)
+		if err := d.Leave(ctx(t), nil); err != nil {
+			t.Fatalf("leaving again on %s: %v", s.servers[i].Name, err)
+		}
 	}
 	// The same servers can form the pool again.
 	s.applyAll(t, s.configs(p, []driver.Volume{{Name: "data"}}, nil))
