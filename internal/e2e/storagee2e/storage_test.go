@@ -11,8 +11,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/internal/fleet"
@@ -126,12 +128,16 @@ func testVolumeAcrossContainers(t *testing.T, kind string, layout storage.Layout
 	if code, err := reader.Exec(ctx, "reader", &container.Process{Args: []string{"cat", "/data/note"}, Stdout: &out}); err != nil || code != 0 || out.String() != "after-restart\n" {
 		t.Fatalf("reading the note on s2: %q, exit %d, %v", out.String(), code, err)
 	}
-	if st, err = pools.Status(ctx, "shared"); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range st.Members {
-		if !m.Up {
-			t.Errorf("after the restart member %s is down: %+v", m.Server, st.Members)
+	// The restarted member's daemons rejoin the pool within seconds.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		if st, err = pools.Status(ctx, "shared"); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(st.Members, func(m storage.MemberStatus) bool { return !m.Up }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a minute after the restart a member is down: %+v", st.Members)
 		}
 	}
 	for srv, ms := range st.Mounts {
