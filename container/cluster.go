@@ -29,6 +29,7 @@ type Cluster struct {
 
 	mu      sync.Mutex
 	servers map[string]*Server
+	labels  map[string]map[string]string // by server
 }
 
 // ClusterOptions configure a Cluster. The zero value is usable.
@@ -52,7 +53,7 @@ type VolumeMounter interface {
 
 // NewCluster returns an empty cluster. opts may be nil.
 func NewCluster(opts *ClusterOptions) *Cluster {
-	c := &Cluster{servers: map[string]*Server{}, log: slog.New(slog.DiscardHandler)}
+	c := &Cluster{servers: map[string]*Server{}, labels: map[string]map[string]string{}, log: slog.New(slog.DiscardHandler)}
 	if opts != nil && opts.Logger != nil {
 		c.log = opts.Logger
 	}
@@ -89,7 +90,24 @@ func (c *Cluster) RemoveServer(name string) (*Server, error) {
 		return nil, errcode.New(errcode.NotFound, "remove server %q: no such server", name)
 	}
 	delete(c.servers, name)
+	delete(c.labels, name)
 	return s, nil
+}
+
+// SetLabels replaces server name's labels (a scheduler's constraints and
+// spread read them: "rack", "zone", ...), with the rules of container
+// labels (driver.ValidLabels).
+func (c *Cluster) SetLabels(name string, labels map[string]string) error {
+	if err := driver.ValidLabels(labels); err != nil {
+		return fmt.Errorf("labels of server %q: %w", name, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.servers[name]; !ok {
+		return errcode.New(errcode.NotFound, "server %q is not in the cluster", name)
+	}
+	c.labels[name] = maps.Clone(labels)
+	return nil
 }
 
 // Server returns the server named name.
@@ -103,9 +121,10 @@ func (c *Cluster) Server(name string) (*Server, error) {
 	return s, nil
 }
 
-// ServerStatus is a server's health and capacity.
+// ServerStatus is a server's health, capacity and labels.
 type ServerStatus struct {
-	Name string
+	Name   string
+	Labels map[string]string
 	// Host is nil when the server did not answer; Err says why.
 	Host    *HostInfo
 	Err     error
@@ -119,13 +138,16 @@ func (s ServerStatus) Healthy() bool { return s.Err == nil }
 // and returns them sorted by name.
 func (c *Cluster) Servers(ctx context.Context) []ServerStatus {
 	servers := c.snapshot()
+	c.mu.Lock()
+	labels := maps.Clone(c.labels)
+	c.mu.Unlock()
 	out := make([]ServerStatus, len(servers))
 	var wg sync.WaitGroup
 	for i, name := range slices.Sorted(maps.Keys(servers)) {
 		wg.Go(func() {
 			began := time.Now()
 			h, err := servers[name].HostInfo(ctx)
-			out[i] = ServerStatus{Name: name, Host: h, Err: err, Latency: time.Since(began)}
+			out[i] = ServerStatus{Name: name, Labels: maps.Clone(labels[name]), Host: h, Err: err, Latency: time.Since(began)}
 		})
 	}
 	wg.Wait()

@@ -116,3 +116,24 @@ func TestMoveRemountsVolumes(t *testing.T) {
 		t.Fatalf("the moved spec's mount is %+v, %v; want the volume by name", info.Spec.Mounts, err)
 	}
 }
+
+func TestServerLabels(t *testing.T) {
+	cl := container.NewCluster(nil)
+	if err := cl.AddServer("a", container.NewServer(memcontainer.New(nil), nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.SetLabels("b", map[string]string{"rack": "r1"}); !errors.Is(err, errcode.NotFound) {
+		t.Fatalf("labels of no server: %v", err)
+	}
+	if err := cl.SetLabels("a", map[string]string{"rack": "r1\n"}); !errors.Is(err, errcode.InvalidArgument) {
+		t.Fatalf("a bad label: %v", err)
+	}
+	labels := map[string]string{"rack": "r1", "zone": "a"}
+	if err := cl.SetLabels("a", labels); err != nil {
+		t.Fatal(err)
+	}
+	labels["rack"] = "changed after"
+	if st := cl.Servers(t.Context()); len(st) != 1 || st[0].Labels["rack"] != "r1" || st[0].Labels["zone"] != "a" {
+		t.Fatalf("Servers = %+v", st)
+	}
+}

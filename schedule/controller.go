@@ -1,0 +1,511 @@
+package schedule
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/musterkit/muster/container"
+	"github.com/musterkit/muster/errcode"
+)
+
+// Labels the controller puts on the replicas it runs.
+const (
+	LabelJob     = "muster.io/job"
+	LabelVersion = "muster.io/version"
+)
+
+// Deployment is a job as the controller runs it: where its replicas go
+// (Job) and what each one is.
+type Deployment struct {
+	Job
+	Image  string            `json:"image"`
+	Mounts []container.Mount `json:"mounts,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
+	// Health, if set, is a command run in a replica: exit status 0 means
+	// healthy. Without it a running replica is healthy.
+	Health []string `json:"health,omitempty"`
+	Update Update   `json:"update,omitzero"`
+}
+
+// Update bounds a rolling upgrade.
+type Update struct {
+	// MaxSurge is how many replicas above Replicas may run during an
+	// upgrade; MaxUnavailable how many below it may be healthy. Both 0
+	// means MaxSurge 1.
+	MaxSurge       int `json:"maxSurge,omitempty"`
+	MaxUnavailable int `json:"maxUnavailable,omitempty"`
+}
+
+// Version is what tells a deployment's replicas from those of another
+// version of it: a digest of everything a replica is made of.
+func (d *Deployment) Version() string {
+	b, _ := json.Marshal([]any{d.Image, d.Mounts, d.Labels, d.Health, d.Resources})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:6])
+}
+
+func (d *Deployment) validate() error {
+	if err := d.Job.Validate(); err != nil {
+		return err
+	}
+	if d.Image == "" {
+		return errcode.New(errcode.InvalidArgument, "job %q: no image", d.Name)
+	}
+	if d.Update.MaxSurge < 0 || d.Update.MaxUnavailable < 0 {
+		return errcode.New(errcode.InvalidArgument, "job %q: negative update bounds %+v", d.Name, d.Update)
+	}
+	return nil
+}
+
+// ControllerOptions configure a Controller. The zero value is usable.
+type ControllerOptions struct {
+	Logger *slog.Logger
+	// Grace is how long a server may not answer before its replicas are
+	// run elsewhere; 0 means 30 s.
+	Grace time.Duration
+	// HealthTimeout is how long a new replica may take to become healthy
+	// before the upgrade rolls back; 0 means 30 s.
+	HealthTimeout time.Duration
+	// Placement tunes where replicas go.
+	Placement Options
+	// Events, if set, receives every action, from the reconciling
+	// goroutine, before the next.
+	Events func(Event)
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Event is one action of the controller, with its reason.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Job     string    `json:"job"`
+	Action  Action    `json:"action"`
+	Replica string    `json:"replica,omitempty"`
+	Server  string    `json:"server,omitempty"`
+	Reason  string    `json:"reason"`
+}
+
+// Action is what an Event did.
+type Action string
+
+const (
+	Started     Action = "started"     // a replica created and started
+	Removed     Action = "removed"     // a replica stopped and deleted
+	Unhealthy   Action = "unhealthy"   // a new replica failed its health check
+	RolledBack  Action = "rolled-back" // an upgrade went back to the version before
+	Unplaceable Action = "unplaceable"
+)
+
+// Controller reconciles a cluster to declared deployments: it creates and
+// removes replicas, rolls upgrades within their bounds (new replicas in
+// only once healthy, old ones out after), rolls back an upgrade whose
+// new replicas fail their health check, runs the replicas of a server
+// lost past the grace period elsewhere, and removes stale ones when it
+// returns. It is safe for concurrent use; reconciles are serialised.
+type Controller struct {
+	cl   *container.Cluster
+	opts ControllerOptions
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	downAt map[string]time.Time   // servers not answering, since
+	seen   map[string][]replica   // each server's replicas when it last answered
+	stable map[string]*Deployment // the last version of each job that converged
+}
+
+// NewController returns a controller of cl.
+func NewController(cl *container.Cluster, opts *ControllerOptions) *Controller {
+	c := &Controller{cl: cl, downAt: map[string]time.Time{}, seen: map[string][]replica{}, stable: map[string]*Deployment{}}
+	if opts != nil {
+		c.opts = *opts
+	}
+	if c.opts.Grace == 0 {
+		c.opts.Grace = 30 * time.Second
+	}
+	if c.opts.HealthTimeout == 0 {
+		c.opts.HealthTimeout = 30 * time.Second
+	}
+	if c.opts.Now == nil {
+		c.opts.Now = time.Now
+	}
+	c.log = c.opts.Logger
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// replica is a replica as observed.
+type replica struct {
+	job, name, server, version string
+	running                    bool
+}
+
+// world is what a reconcile sees.
+type world struct {
+	servers  []Server
+	answered map[string]bool
+	// replicas are by job, on servers that answer or that stopped
+	// answering within the grace period (as last seen there).
+	replicas map[string][]replica
+}
+
+// observe reads the cluster: servers (capacity from their host info,
+// labels from the cluster), which answer, and every job's replicas; a
+// server that stopped answering keeps its replicas as last seen until the
+// grace period ends, and then has none. c.mu is held.
+func (c *Controller) observe(ctx context.Context) (*world, error) {
+	w := &world{answered: map[string]bool{}, replicas: map[string][]replica{}}
+	now := c.opts.Now()
+	statuses := c.cl.Servers(ctx)
+	all, _ := c.cl.Containers(ctx) // servers that fail are not in statuses' answered set
+	byServer := map[string][]container.Placement{}
+	for _, p := range all {
+		byServer[p.Server] = append(byServer[p.Server], p)
+	}
+	for _, st := range statuses {
+		if !st.Healthy() {
+			if _, ok := c.downAt[st.Name]; !ok {
+				c.downAt[st.Name] = now
+			}
+			if now.Sub(c.downAt[st.Name]) < c.opts.Grace {
+				for _, r := range c.seen[st.Name] {
+					w.replicas[r.job] = append(w.replicas[r.job], r)
+				}
+			}
+			continue
+		}
+		delete(c.downAt, st.Name)
+		w.answered[st.Name] = true
+		srv := Server{Name: st.Name, Labels: st.Labels,
+			Capacity: Resources{MilliCPU: int64(st.Host.CPUs) * 1000, MemoryBytes: st.Host.MemoryBytes}}
+		var seen []replica
+		for _, p := range byServer[st.Name] {
+			job := p.Spec.Labels[LabelJob]
+			r := replica{job: job, name: p.Spec.Name, server: st.Name, version: p.Spec.Labels[LabelVersion], running: p.State == container.Running}
+			if job == "" {
+				srv.Used = srv.Used.Add(Resources{MilliCPU: p.Spec.Limits.MilliCPU, MemoryBytes: p.Spec.Limits.MemoryBytes})
+				continue
+			}
+			w.replicas[job] = append(w.replicas[job], r)
+			seen = append(seen, r)
+		}
+		c.seen[st.Name] = seen
+		w.servers = append(w.servers, srv)
+	}
+	return w, nil
+}
+
+// Reconcile brings every deployment to its declared state and returns
+// when they are there: replicas created, upgraded, rescheduled or removed
+// as needed. Invalid deployments (see Job.Validate; also no image, a
+// cycle of affinities) are errcode.InvalidArgument before anything
+// changes. An upgrade whose new replicas fail their health check is
+// rolled back to the version that ran before and reported as an error
+// (errcode.FailedPrecondition); replicas that fit no server are reported
+// as errcode.Unavailable, with the placement's explanation.
+func (c *Controller) Reconcile(ctx context.Context, deps []Deployment) error {
+	jobs := make([]Job, len(deps))
+	for i := range deps {
+		if err := deps[i].validate(); err != nil {
+			return err
+		}
+		jobs[i] = deps[i].Job
+	}
+	order, err := validateJobs(jobs, nil)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for _, i := range order {
+		if err := c.reconcile(ctx, &deps[i]); err != nil {
+			errs = append(errs, fmt.Errorf("job %q: %w", deps[i].Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// reconcile converges one deployment. c.mu is held.
+func (c *Controller) reconcile(ctx context.Context, d *Deployment) error {
+	err := c.converge(ctx, d)
+	var unhealthy *unhealthyError
+	if errors.As(err, &unhealthy) {
+		prev := c.stable[d.Name]
+		if prev == nil || prev.Version() == d.Version() {
+			return err
+		}
+		c.emit(Event{Job: d.Name, Action: RolledBack, Reason: fmt.Sprintf("version %s failed its health check (%v); back to %s", d.Version(), unhealthy, prev.Version())})
+		if rerr := c.converge(ctx, prev); rerr != nil {
+			return errors.Join(err, fmt.Errorf("rolling back: %w", rerr))
+		}
+		return errcode.New(errcode.FailedPrecondition, "upgrade to version %s rolled back: %v", d.Version(), unhealthy)
+	}
+	if err == nil {
+		c.stable[d.Name] = d
+	}
+	return err
+}
+
+type unhealthyError struct {
+	replica string
+	err     error
+}
+
+func (e *unhealthyError) Error() string {
+	return fmt.Sprintf("replica %s is not healthy: %v", e.replica, e.err)
+}
+
+// converge runs d's replicas until exactly d.Replicas of its version run
+// and no other: each step starts what the surge allows, waits until the
+// new replicas are healthy, then removes old or excess ones down to what
+// the bounds allow. A new replica that does not become healthy is
+// removed and reported as an *unhealthyError. c.mu is held.
+func (c *Controller) converge(ctx context.Context, d *Deployment) error {
+	version := d.Version()
+	surge, unavailable := d.Update.MaxSurge, d.Update.MaxUnavailable
+	if surge == 0 && unavailable == 0 {
+		surge = 1
+	}
+	for {
+		w, err := c.observe(ctx)
+		if err != nil {
+			return err
+		}
+		// cur and old can be changed; pending are on servers that do
+		// not answer (within their grace): counted, not touched.
+		var cur, old []replica
+		pendingCur, pendingOld := 0, 0
+		for _, r := range w.replicas[d.Name] {
+			switch {
+			case !w.answered[r.server] && r.version == version:
+				pendingCur++
+			case !w.answered[r.server]:
+				pendingOld++
+			case r.version == version && r.running:
+				cur = append(cur, r)
+			default:
+				old = append(old, r)
+			}
+		}
+		curN, oldN := len(cur)+pendingCur, len(old)+pendingOld
+		switch {
+		case curN < d.Replicas:
+			// Start new replicas within the surge: never more than
+			// Replicas+surge, old ones included.
+			n := d.Replicas - curN
+			if oldN > 0 {
+				n = min(n, d.Replicas+surge-curN-oldN)
+			}
+			if n <= 0 && len(old) == 0 {
+				return errcode.New(errcode.Unavailable, "waiting for servers that do not answer, which hold %d old replicas", pendingOld)
+			}
+			if n <= 0 {
+				// No room to surge: take an old one out first, within
+				// MaxUnavailable.
+				if err := c.remove(ctx, d.Name, old[0], "making room for the upgrade (max unavailable)"); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := c.start(ctx, d, w, n, version); err != nil {
+				return err
+			}
+		case len(old) > 0:
+			if err := c.remove(ctx, d.Name, pickOld(old), "replaced by version "+version); err != nil {
+				return err
+			}
+		case oldN > 0:
+			return errcode.New(errcode.Unavailable, "waiting for servers that do not answer, which hold %d old replicas", pendingOld)
+		case curN > d.Replicas && len(cur) > 0:
+			if err := c.remove(ctx, d.Name, busiest(cur), fmt.Sprintf("%d replicas run, %d declared", curN, d.Replicas)); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+}
+
+// start places n new replicas of d and starts them, then waits until each
+// is healthy.
+func (c *Controller) start(ctx context.Context, d *Deployment, w *world, n int, version string) error {
+	var running []Replica
+	taken := map[string]bool{}
+	for job, rs := range w.replicas {
+		for _, r := range rs {
+			taken[r.name] = true
+			if w.answered[r.server] {
+				running = append(running, Replica{Job: job, Server: r.server})
+			}
+		}
+	}
+	job := d.Job
+	have := 0
+	for _, r := range running {
+		if r.Job == job.Name {
+			have++
+		}
+	}
+	job.Replicas = have + n
+	plan, err := Place(w.servers, running, []Job{job}, &c.opts.Placement)
+	if err != nil {
+		return err
+	}
+	for _, u := range plan.Unplaced {
+		c.emit(Event{Job: d.Name, Action: Unplaceable, Reason: u.String()})
+	}
+	if len(plan.Placed) == 0 {
+		if len(plan.Unplaced) > 0 {
+			return errcode.New(errcode.Unavailable, "%s", plan.Unplaced[0])
+		}
+		return errcode.New(errcode.Internal, "placement placed nothing and explained nothing")
+	}
+	var started []replica
+	for _, p := range plan.Placed {
+		name := freeName(d.Name, version, taken)
+		taken[name] = true
+		if err := c.create(ctx, d, p.Server, name, version); err != nil {
+			return err
+		}
+		c.emit(Event{Job: d.Name, Action: Started, Replica: name, Server: p.Server, Reason: p.Reason(c.opts.Placement.Strategy)})
+		started = append(started, replica{job: d.Name, name: name, server: p.Server, version: version, running: true})
+	}
+	for _, r := range started {
+		if err := c.waitHealthy(ctx, d, r); err != nil {
+			c.emit(Event{Job: d.Name, Action: Unhealthy, Replica: r.name, Server: r.server, Reason: err.Error()})
+			for _, s := range started {
+				c.remove(context.WithoutCancel(ctx), d.Name, s, "its version failed the health check")
+			}
+			return &unhealthyError{replica: r.name, err: err}
+		}
+	}
+	return nil
+}
+
+// freeName is the first name job-version-N not taken.
+func freeName(job, version string, taken map[string]bool) string {
+	for i := 0; ; i++ {
+		if name := job + "-" + version + "-" + strconv.Itoa(i); !taken[name] {
+			return name
+		}
+	}
+}
+
+// create creates and starts replica name of d on server.
+func (c *Controller) create(ctx context.Context, d *Deployment, server, name, version string) error {
+	srv, err := c.cl.Server(server)
+	if err != nil {
+		return err
+	}
+	labels := maps.Clone(d.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[LabelJob], labels[LabelVersion] = d.Name, version
+	spec := &container.Spec{Name: name, Image: d.Image, Mounts: d.Mounts, Labels: labels,
+		Limits: container.Limits{MilliCPU: d.Resources.MilliCPU, MemoryBytes: d.Resources.MemoryBytes}}
+	if _, err := srv.Create(ctx, spec); err != nil {
+		return fmt.Errorf("creating %s on %s: %w", name, server, err)
+	}
+	if err := srv.Start(ctx, name); err != nil {
+		srv.Delete(context.WithoutCancel(ctx), name)
+		return fmt.Errorf("starting %s on %s: %w", name, server, err)
+	}
+	return nil
+}
+
+// waitHealthy waits until replica r runs its health check successfully,
+// within HealthTimeout.
+func (c *Controller) waitHealthy(ctx context.Context, d *Deployment, r replica) error {
+	if len(d.Health) == 0 {
+		return nil
+	}
+	srv, err := c.cl.Server(r.server)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.opts.HealthTimeout)
+	defer cancel()
+	var last error
+	for {
+		var out bytes.Buffer
+		code, err := srv.Exec(ctx, r.name, &container.Process{Args: d.Health, Stdout: &out, Stderr: &out})
+		switch {
+		case err == nil && code == 0:
+			return nil
+		case err == nil:
+			last = fmt.Errorf("%s exited %d: %s", strings.Join(d.Health, " "), code, bytes.TrimSpace(out.Bytes()))
+		default:
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return last
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// remove stops and deletes replica r.
+func (c *Controller) remove(ctx context.Context, job string, r replica, reason string) error {
+	srv, err := c.cl.Server(r.server)
+	if err != nil {
+		return err
+	}
+	if r.running {
+		if err := srv.Stop(ctx, r.name, 10*time.Second); err != nil && !errors.Is(err, errcode.FailedPrecondition) {
+			return fmt.Errorf("stopping %s on %s: %w", r.name, r.server, err)
+		}
+	}
+	if err := srv.Delete(ctx, r.name); err != nil && !errors.Is(err, errcode.NotFound) {
+		return fmt.Errorf("deleting %s on %s: %w", r.name, r.server, err)
+	}
+	c.emit(Event{Job: job, Action: Removed, Replica: r.name, Server: r.server, Reason: reason})
+	return nil
+}
+
+// pickOld is the old replica to remove first: one that does not run,
+// else the first by name.
+func pickOld(old []replica) replica {
+	if i := slices.IndexFunc(old, func(r replica) bool { return !r.running }); i >= 0 {
+		return old[i]
+	}
+	return old[0]
+}
+
+// busiest is a replica on the server that runs most of them.
+func busiest(rs []replica) replica {
+	count := map[string]int{}
+	for _, r := range rs {
+		count[r.server]++
+	}
+	best := rs[0]
+	for _, r := range rs {
+		if count[r.server] > count[best.server] {
+			best = r
+		}
+	}
+	return best
+}
+
+func (c *Controller) emit(ev Event) {
+	ev.Time = c.opts.Now()
+	c.log.Info("schedule", "job", ev.Job, "action", ev.Action, "replica", ev.Replica, "server", ev.Server, "reason", ev.Reason)
+	if c.opts.Events != nil {
+		c.opts.Events(ev)
+	}
+}
