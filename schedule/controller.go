@@ -83,6 +83,14 @@ type ControllerOptions struct {
 	// Events, if set, receives every action, from the reconciling
 	// goroutine, before the next.
 	Events func(Event)
+	// Store keeps the deployments Run reconciles and each job's last
+	// converged version; nil means an in-memory one.
+	Store Store
+	// Fence, if set, is asked before every action and stops the
+	// reconcile with its error: a controller of several checks there that
+	// it still holds the leadership (consul.Leadership.Fence), so that a
+	// deposed leader never acts.
+	Fence func(context.Context) error
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -120,16 +128,18 @@ type Controller struct {
 	log  *slog.Logger
 
 	mu     sync.Mutex
-	downAt map[string]time.Time   // servers not answering, since
-	seen   map[string][]replica   // each server's replicas when it last answered
-	stable map[string]*Deployment // the last version of each job that converged
+	downAt map[string]time.Time // servers not answering, since
+	seen   map[string][]replica // each server's replicas when it last answered
 }
 
 // NewController returns a controller of cl.
 func NewController(cl *container.Cluster, opts *ControllerOptions) *Controller {
-	c := &Controller{cl: cl, downAt: map[string]time.Time{}, seen: map[string][]replica{}, stable: map[string]*Deployment{}}
+	c := &Controller{cl: cl, downAt: map[string]time.Time{}, seen: map[string][]replica{}}
 	if opts != nil {
 		c.opts = *opts
+	}
+	if c.opts.Store == nil {
+		c.opts.Store = newMemStore()
 	}
 	if c.opts.Grace == 0 {
 		c.opts.Grace = 30 * time.Second
@@ -244,7 +254,10 @@ func (c *Controller) reconcile(ctx context.Context, d *Deployment) error {
 	err := c.converge(ctx, d)
 	var unhealthy *unhealthyError
 	if errors.As(err, &unhealthy) {
-		prev := c.stable[d.Name]
+		prev, serr := c.opts.Store.Stable(ctx, d.Name)
+		if serr != nil {
+			return errors.Join(err, serr)
+		}
 		if prev == nil || prev.Version() == d.Version() {
 			return err
 		}
@@ -255,9 +268,39 @@ func (c *Controller) reconcile(ctx context.Context, d *Deployment) error {
 		return errcode.New(errcode.FailedPrecondition, "upgrade to version %s rolled back: %v", d.Version(), unhealthy)
 	}
 	if err == nil {
-		c.stable[d.Name] = d
+		return c.opts.Store.SetStable(ctx, d)
 	}
 	return err
+}
+
+// Run reconciles the deployments in the store every interval until ctx
+// ends, logging what fails, and returns ctx's error.
+func (c *Controller) Run(ctx context.Context, interval time.Duration) error {
+	for {
+		deps, err := c.opts.Store.Deployments(ctx)
+		if err == nil {
+			err = c.Reconcile(ctx, deps)
+		}
+		if err != nil && ctx.Err() == nil {
+			c.log.WarnContext(ctx, "schedule: reconcile", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(interval):
+		}
+	}
+}
+
+// fence asks Fence, if set, whether this controller may act.
+func (c *Controller) fence(ctx context.Context) error {
+	if c.opts.Fence == nil {
+		return nil
+	}
+	if err := c.opts.Fence(ctx); err != nil {
+		return fmt.Errorf("not acting: %w", err)
+	}
+	return nil
 }
 
 type unhealthyError struct {
@@ -407,6 +450,9 @@ func freeName(job, version string, taken map[string]bool) string {
 
 // create creates and starts replica name of d on server.
 func (c *Controller) create(ctx context.Context, d *Deployment, server, name, version string) error {
+	if err := c.fence(ctx); err != nil {
+		return err
+	}
 	srv, err := c.cl.Server(server)
 	if err != nil {
 		return err
@@ -462,6 +508,9 @@ func (c *Controller) waitHealthy(ctx context.Context, d *Deployment, r replica) 
 
 // remove stops and deletes replica r.
 func (c *Controller) remove(ctx context.Context, job string, r replica, reason string) error {
+	if err := c.fence(ctx); err != nil {
+		return err
+	}
 	srv, err := c.cl.Server(r.server)
 	if err != nil {
 		return err
