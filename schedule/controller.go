@@ -56,7 +56,9 @@ func (d *Deployment) Version() string {
 	return hex.EncodeToString(sum[:6])
 }
 
-func (d *Deployment) validate() error {
+// Validate checks d alone (Job.Validate, an image, update bounds not
+// negative); errcode.InvalidArgument.
+func (d *Deployment) Validate() error {
 	if err := d.Job.Validate(); err != nil {
 		return err
 	}
@@ -139,7 +141,7 @@ func NewController(cl *container.Cluster, opts *ControllerOptions) *Controller {
 		c.opts = *opts
 	}
 	if c.opts.Store == nil {
-		c.opts.Store = newMemStore()
+		c.opts.Store = NewMemStore()
 	}
 	if c.opts.Grace == 0 {
 		c.opts.Grace = 30 * time.Second
@@ -229,7 +231,7 @@ func (c *Controller) observe(ctx context.Context) (*world, error) {
 func (c *Controller) Reconcile(ctx context.Context, deps []Deployment) error {
 	jobs := make([]Job, len(deps))
 	for i := range deps {
-		if err := deps[i].validate(); err != nil {
+		if err := deps[i].Validate(); err != nil {
 			return err
 		}
 		jobs[i] = deps[i].Job

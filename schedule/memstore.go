@@ -7,20 +7,25 @@ import (
 	"sync"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/names"
 )
 
-// memStore is a Store in memory: a controller's default.
-type memStore struct {
+// MemStore is a Store in memory: a controller's default.
+type MemStore struct {
 	mu                  sync.Mutex
 	deployments, stable map[string]Deployment
 }
 
-func newMemStore() *memStore {
-	return &memStore{deployments: map[string]Deployment{}, stable: map[string]Deployment{}}
+// NewMemStore returns an empty store.
+func NewMemStore() *MemStore {
+	return &MemStore{deployments: map[string]Deployment{}, stable: map[string]Deployment{}}
 }
 
-func (s *memStore) Put(_ context.Context, d *Deployment) error {
-	if err := d.validate(); err != nil {
+var _ Store = (*MemStore)(nil)
+
+// Put implements Store.
+func (s *MemStore) Put(_ context.Context, d *Deployment) error {
+	if err := d.Validate(); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -29,14 +34,19 @@ func (s *memStore) Put(_ context.Context, d *Deployment) error {
 	return nil
 }
 
-func (s *memStore) SetStable(_ context.Context, d *Deployment) error {
+// SetStable implements Store.
+func (s *MemStore) SetStable(_ context.Context, d *Deployment) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stable[d.Name] = *d
 	return nil
 }
 
-func (s *memStore) Delete(_ context.Context, name string) error {
+// Delete implements Store.
+func (s *MemStore) Delete(_ context.Context, name string) error {
+	if err := names.Label(name); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.deployments[name]; !ok {
@@ -47,7 +57,8 @@ func (s *memStore) Delete(_ context.Context, name string) error {
 	return nil
 }
 
-func (s *memStore) Deployments(context.Context) ([]Deployment, error) {
+// Deployments implements Store.
+func (s *MemStore) Deployments(context.Context) ([]Deployment, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []Deployment
@@ -57,7 +68,8 @@ func (s *memStore) Deployments(context.Context) ([]Deployment, error) {
 	return out, nil
 }
 
-func (s *memStore) Stable(_ context.Context, job string) (*Deployment, error) {
+// Stable implements Store.
+func (s *MemStore) Stable(_ context.Context, job string) (*Deployment, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, ok := s.stable[job]
@@ -67,4 +79,5 @@ func (s *memStore) Stable(_ context.Context, job string) (*Deployment, error) {
 	return &d, nil
 }
 
-func (s *memStore) Close() error { return nil }
+// Close implements Store.
+func (s *MemStore) Close() error { return nil }

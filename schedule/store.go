@@ -67,7 +67,7 @@ func OpenStore(path string) (*BoltStore, error) {
 }
 
 func (s *BoltStore) put(bucket []byte, d *Deployment) error {
-	if err := d.validate(); err != nil {
+	if err := d.Validate(); err != nil {
 		return err
 	}
 	data, err := json.Marshal(d)

@@ -19,50 +19,8 @@ import (
 // one and keep answering and registering; the time without answers is
 // logged.
 func TestClusterSurvivesAServer(t *testing.T) {
-	roottest.Require(t, roottest.Binary("consul"), roottest.Kernel(roottest.Veth))
-	c := testhost.New(t, 3)
-	var joins []string
-	for _, h := range c.Hosts {
-		joins = append(joins, "-retry-join", h.Addr.String())
-	}
-	cmds := map[string]*exec.Cmd{}
-	logs := map[string]*consultest.Log{}
-	for i, h := range c.Hosts {
-		args := append([]string{"agent", "-server", "-bootstrap-expect", "3", "-node", fmt.Sprint("s", i),
-			"-bind", h.Addr.String(), "-client", h.Addr.String(), "-data-dir", t.TempDir(),
-			"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "performance { raft_multiplier = 1 }"}, joins...)
-		cmd := h.Command(context.Background(), "consul", args...)
-		log := &consultest.Log{}
-		cmd.Stdout, cmd.Stderr = log, log
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		addr := h.Addr.String() + ":8500"
-		cmds[addr], logs[addr] = cmd, log
-		t.Cleanup(func() {
-			if cmd.ProcessState == nil {
-				cmd.Process.Kill()
-				cmd.Wait()
-			}
-			if t.Failed() {
-				t.Logf("consul on %s logged:\n%s", h.Name, log.String())
-			}
-		})
-	}
+	cmds, drivers := startServers(t)
 	ctx := context.Background()
-	drivers := map[string]*Driver{}
-	for addr := range cmds {
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-			d, err := Open(ctx, &Options{Address: addr})
-			if err == nil {
-				drivers[addr] = d
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("consul at %s has no leader after a minute: %v", addr, err)
-			}
-		}
-	}
 	var any *Driver
 	for _, d := range drivers {
 		any = d
@@ -111,4 +69,52 @@ func TestClusterSurvivesAServer(t *testing.T) {
 			t.Fatalf("%s after the failover: %v, %v", addr, es, err)
 		}
 	}
+}
+
+// startServers runs a 3-server Consul cluster, one server per test host,
+// and returns each server's process and a driver of it, by HTTP address.
+func startServers(t *testing.T) (map[string]*exec.Cmd, map[string]*Driver) {
+	t.Helper()
+	roottest.Require(t, roottest.Binary("consul"), roottest.Kernel(roottest.Veth))
+	c := testhost.New(t, 3)
+	var joins []string
+	for _, h := range c.Hosts {
+		joins = append(joins, "-retry-join", h.Addr.String())
+	}
+	cmds := map[string]*exec.Cmd{}
+	for i, h := range c.Hosts {
+		args := append([]string{"agent", "-server", "-bootstrap-expect", "3", "-node", fmt.Sprint("s", i),
+			"-bind", h.Addr.String(), "-client", h.Addr.String(), "-data-dir", t.TempDir(),
+			"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "performance { raft_multiplier = 1 }"}, joins...)
+		cmd := h.Command(context.Background(), "consul", args...)
+		log := &consultest.Log{}
+		cmd.Stdout, cmd.Stderr = log, log
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds[h.Addr.String()+":8500"] = cmd
+		t.Cleanup(func() {
+			if cmd.ProcessState == nil {
+				cmd.Process.Kill()
+				cmd.Wait()
+			}
+			if t.Failed() {
+				t.Logf("consul on %s logged:\n%s", h.Name, log.String())
+			}
+		})
+	}
+	drivers := map[string]*Driver{}
+	for addr := range cmds {
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+			d, err := Open(context.Background(), &Options{Address: addr})
+			if err == nil {
+				drivers[addr] = d
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("consul at %s has no leader after a minute: %v", addr, err)
+			}
+		}
+	}
+	return cmds, drivers
 }

@@ -12,11 +12,36 @@ import (
 
 // Leadership is a held leader lock.
 type Leadership struct {
-	lock *api.Lock
+	lock    *api.Lock
+	kv      *api.KV
+	key     string
+	session string // the lock's session, which holds the key while it leads
 	// Lost is closed when the lock is lost: its session was invalidated
 	// (the holder's agent failed, or its TTL ran out) or Consul could not
 	// be reached. A controller stops acting as leader when it closes.
 	Lost <-chan struct{}
+}
+
+// Fence returns nil if this leadership still holds its key, asked of
+// Consul's leader with a consistent read: the key's session is still this
+// lock's. Otherwise, or when Consul cannot answer, it is an error
+// (errcode.FailedPrecondition, or Unavailable): a controller asks it
+// before each action (schedule.ControllerOptions.Fence), so that a leader
+// deposed while Lost has not yet closed never acts.
+func (l *Leadership) Fence(ctx context.Context) error {
+	select {
+	case <-l.Lost:
+		return errcode.New(errcode.FailedPrecondition, "consul: the leadership of %s was lost", l.key)
+	default:
+	}
+	pair, _, err := l.kv.Get(l.key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return consulErr("checking the leadership of "+l.key, err)
+	}
+	if pair == nil || pair.Session != l.session {
+		return errcode.New(errcode.FailedPrecondition, "consul: the leadership of %s has passed to another session", l.key)
+	}
+	return nil
 }
 
 // Release gives the lock up; another contender may take it at once.
@@ -48,10 +73,8 @@ func (d *Driver) Lock(ctx context.Context, key string, opts *LockOptions) (*Lead
 	if err := d.checkOpen(); err != nil {
 		return nil, err
 	}
-	if key == "" || strings.HasPrefix(key, "/") || strings.Contains(key, "..") || strings.IndexFunc(key, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./", r))
-	}) >= 0 {
-		return nil, errcode.New(errcode.InvalidArgument, "consul: lock key %q: want letters, digits and -_./, relative", key)
+	if err := kvPath(key); err != nil {
+		return nil, err
 	}
 	if opts == nil {
 		opts = &LockOptions{}
@@ -86,5 +109,25 @@ func (d *Driver) Lock(ctx context.Context, key string, opts *LockOptions) (*Lead
 	if lost == nil { // stopped by ctx
 		return nil, ctx.Err()
 	}
-	return &Leadership{lock: l, Lost: lost}, nil
+	pair, _, err := d.c.KV().Get(key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		l.Unlock()
+		return nil, consulErr("reading the lock "+key, err)
+	}
+	if pair == nil || pair.Session == "" {
+		l.Unlock()
+		return nil, errcode.New(errcode.Internal, "consul: the lock %s has no session after it was taken", key)
+	}
+	return &Leadership{lock: l, kv: d.c.KV(), key: key, session: pair.Session, Lost: lost}, nil
+}
+
+// kvPath checks a KV path given to Lock or ScheduleStore: letters, digits
+// and "-_./", relative, without "..".
+func kvPath(key string) error {
+	if key == "" || strings.HasPrefix(key, "/") || strings.Contains(key, "..") || strings.IndexFunc(key, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./", r))
+	}) >= 0 {
+		return errcode.New(errcode.InvalidArgument, "consul: KV path %q: want letters, digits and -_./, relative", key)
+	}
+	return nil
 }
