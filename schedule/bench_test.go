@@ -102,8 +102,26 @@ func BenchmarkPlace10kOn5kSampled(b *testing.B) {
 	benchPlace(b, nil)
 }
 
-func benchPlace(b *testing.B, opts *Options) {
+// BenchmarkPlace10kOn5kNoSpread is Place as shipped without a spread
+// label: every replica chooses among all ~3,300 servers its constraint
+// allows, where sampling matters; ...ScoreAllNoSpread is its peer.
+func BenchmarkPlace10kOn5kNoSpread(b *testing.B) { benchPlace(b, nil, noSpread) }
+
+func BenchmarkPlace10kOn5kScoreAllNoSpread(b *testing.B) {
+	benchPlace(b, &Options{Candidates: 1 << 30}, noSpread)
+}
+
+func noSpread(jobs []Job) {
+	for i := range jobs {
+		jobs[i].Spread = ""
+	}
+}
+
+func benchPlace(b *testing.B, opts *Options, adjust ...func([]Job)) {
 	servers, jobs := benchCluster()
+	for _, f := range adjust {
+		f(jobs)
+	}
 	for b.Loop() {
 		plan, err := Place(servers, nil, jobs, opts)
 		if err != nil || len(plan.Placed) != 10000 {

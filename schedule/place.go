@@ -317,9 +317,18 @@ func (c *cluster) meets(s, j int) bool {
 // picks there.
 func (c *cluster) choose(j int, groups map[string]*group, values []string, o Options, rng *rand.Rand) (Decision, bool) {
 	job := &c.jobs[j]
-	byCount := slices.Clone(values)
-	slices.SortStableFunc(byCount, func(a, b string) int { return groups[a].placed - groups[b].placed })
-	for _, v := range byCount {
+	tried := make([]bool, len(values))
+	for range values {
+		// The untried value with the fewest of the job's replicas (the
+		// first by name on a tie): usually the first one tried has room.
+		k := -1
+		for i, v := range values {
+			if !tried[i] && (k < 0 || groups[v].placed < groups[values[k]].placed) {
+				k = i
+			}
+		}
+		tried[k] = true
+		v := values[k]
 		g := groups[v]
 		s, compared, ok := c.pick(j, g, o, rng)
 		if !ok {
