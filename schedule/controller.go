@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,6 +38,11 @@ type Deployment struct {
 	// healthy. Without it a running replica is healthy.
 	Health []string `json:"health,omitempty"`
 	Update Update   `json:"update,omitzero"`
+	// Network, if set, is the network (of ControllerOptions.Networks)
+	// each replica gets an address on; Port is where it serves, for
+	// ControllerOptions.Traffic.
+	Network string `json:"network,omitempty"`
+	Port    uint16 `json:"port,omitempty"`
 }
 
 // Update bounds a rolling upgrade.
@@ -51,7 +57,7 @@ type Update struct {
 // Version is what tells a deployment's replicas from those of another
 // version of it: a digest of everything a replica is made of.
 func (d *Deployment) Version() string {
-	b, _ := json.Marshal([]any{d.Image, d.Mounts, d.Labels, d.Health, d.Resources})
+	b, _ := json.Marshal([]any{d.Image, d.Mounts, d.Labels, d.Health, d.Resources, d.Network, d.Port})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:6])
 }
@@ -88,6 +94,12 @@ type ControllerOptions struct {
 	// Store keeps the deployments Run reconciles and each job's last
 	// converged version; nil means an in-memory one.
 	Store Store
+	// Networks gives replicas of deployments with a Network their
+	// addresses (a *network.Fabric).
+	Networks Attacher
+	// Traffic are told of replicas as they become healthy and before they
+	// stop: load balancer pools (BalancerPool), service registries.
+	Traffic []Traffic
 	// Fence, if set, is asked before every action and stops the
 	// reconcile with its error: a controller of several checks there that
 	// it still holds the leadership (consul.Leadership.Fence), so that a
@@ -163,6 +175,7 @@ func NewController(cl *container.Cluster, opts *ControllerOptions) *Controller {
 type replica struct {
 	job, name, server, version string
 	running                    bool
+	addr                       netip.Addr // on the deployment's network, if any
 }
 
 // world is what a reconcile sees.
@@ -207,6 +220,9 @@ func (c *Controller) observe(ctx context.Context) (*world, error) {
 		for _, p := range byServer[st.Name] {
 			job := p.Spec.Labels[LabelJob]
 			r := replica{job: job, name: p.Spec.Name, server: st.Name, version: p.Spec.Labels[LabelVersion], running: p.State == container.Running}
+			if len(p.Spec.Networks) > 0 {
+				r.addr = p.Spec.Networks[0].Address.Addr()
+			}
 			if job == "" {
 				srv.Used = srv.Used.Add(Resources{MilliCPU: p.Spec.Limits.MilliCPU, MemoryBytes: p.Spec.Limits.MemoryBytes})
 				continue
@@ -233,6 +249,9 @@ func (c *Controller) Reconcile(ctx context.Context, deps []Deployment) error {
 	for i := range deps {
 		if err := deps[i].Validate(); err != nil {
 			return err
+		}
+		if deps[i].Network != "" && c.opts.Networks == nil {
+			return errcode.New(errcode.InvalidArgument, "job %q: network %q, and the controller was given no Networks", deps[i].Name, deps[i].Network)
 		}
 		jobs[i] = deps[i].Job
 	}
@@ -361,7 +380,7 @@ func (c *Controller) converge(ctx context.Context, d *Deployment) error {
 			if n <= 0 {
 				// No room to surge: take an old one out first, within
 				// MaxUnavailable.
-				if err := c.remove(ctx, d.Name, old[0], "making room for the upgrade (max unavailable)"); err != nil {
+				if err := c.remove(ctx, d, old[0], "making room for the upgrade (max unavailable)"); err != nil {
 					return err
 				}
 				continue
@@ -370,13 +389,13 @@ func (c *Controller) converge(ctx context.Context, d *Deployment) error {
 				return err
 			}
 		case len(old) > 0:
-			if err := c.remove(ctx, d.Name, pickOld(old), "replaced by version "+version); err != nil {
+			if err := c.remove(ctx, d, pickOld(old), "replaced by version "+version); err != nil {
 				return err
 			}
 		case oldN > 0:
 			return errcode.New(errcode.Unavailable, "waiting for servers that do not answer, which hold %d old replicas", pendingOld)
 		case curN > d.Replicas && len(cur) > 0:
-			if err := c.remove(ctx, d.Name, busiest(cur), fmt.Sprintf("%d replicas run, %d declared", curN, d.Replicas)); err != nil {
+			if err := c.remove(ctx, d, busiest(cur), fmt.Sprintf("%d replicas run, %d declared", curN, d.Replicas)); err != nil {
 				return err
 			}
 		default:
@@ -423,22 +442,34 @@ func (c *Controller) start(ctx context.Context, d *Deployment, w *world, n int, 
 	for _, p := range plan.Placed {
 		name := freeName(d.Name, version, taken)
 		taken[name] = true
-		if err := c.create(ctx, d, p.Server, name, version); err != nil {
+		addr, err := c.create(ctx, d, p.Server, name, version)
+		if err != nil {
 			return err
 		}
 		c.emit(Event{Job: d.Name, Action: Started, Replica: name, Server: p.Server, Reason: p.Reason(c.opts.Placement.Strategy)})
-		started = append(started, replica{job: d.Name, name: name, server: p.Server, version: version, running: true})
+		started = append(started, replica{job: d.Name, name: name, server: p.Server, version: version, running: true, addr: addr})
 	}
 	for _, r := range started {
 		if err := c.waitHealthy(ctx, d, r); err != nil {
 			c.emit(Event{Job: d.Name, Action: Unhealthy, Replica: r.name, Server: r.server, Reason: err.Error()})
 			for _, s := range started {
-				c.remove(context.WithoutCancel(ctx), d.Name, s, "its version failed the health check")
+				c.remove(context.WithoutCancel(ctx), d, s, "its version failed the health check")
 			}
 			return &unhealthyError{replica: r.name, err: err}
 		}
 	}
+	for _, r := range started {
+		for _, t := range c.opts.Traffic {
+			if err := t.Add(ctx, d.Name, r.endpoint(d)); err != nil {
+				return fmt.Errorf("sending traffic to %s: %w", r.name, err)
+			}
+		}
+	}
 	return nil
+}
+
+func (r replica) endpoint(d *Deployment) Endpoint {
+	return Endpoint{Replica: r.name, Server: r.server, Address: r.addr, Port: d.Port}
 }
 
 // freeName is the first name job-version-N not taken.
@@ -450,14 +481,15 @@ func freeName(job, version string, taken map[string]bool) string {
 	}
 }
 
-// create creates and starts replica name of d on server.
-func (c *Controller) create(ctx context.Context, d *Deployment, server, name, version string) error {
+// create creates and starts replica name of d on server, with an address
+// on d's network if it has one, and returns that address.
+func (c *Controller) create(ctx context.Context, d *Deployment, server, name, version string) (netip.Addr, error) {
 	if err := c.fence(ctx); err != nil {
-		return err
+		return netip.Addr{}, err
 	}
 	srv, err := c.cl.Server(server)
 	if err != nil {
-		return err
+		return netip.Addr{}, err
 	}
 	labels := maps.Clone(d.Labels)
 	if labels == nil {
@@ -466,14 +498,28 @@ func (c *Controller) create(ctx context.Context, d *Deployment, server, name, ve
 	labels[LabelJob], labels[LabelVersion] = d.Name, version
 	spec := &container.Spec{Name: name, Image: d.Image, Mounts: d.Mounts, Labels: labels,
 		Limits: container.Limits{MilliCPU: d.Resources.MilliCPU, MemoryBytes: d.Resources.MemoryBytes}}
+	undo := func() {}
+	if d.Network != "" {
+		n, err := c.opts.Networks.Attach(ctx, d.Network, server, name)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("an address for %s on %s: %w", name, d.Network, err)
+		}
+		spec.Networks = []container.Network{n}
+		undo = func() { c.opts.Networks.Detach(context.WithoutCancel(ctx), d.Network, name) }
+	}
 	if _, err := srv.Create(ctx, spec); err != nil {
-		return fmt.Errorf("creating %s on %s: %w", name, server, err)
+		undo()
+		return netip.Addr{}, fmt.Errorf("creating %s on %s: %w", name, server, err)
 	}
 	if err := srv.Start(ctx, name); err != nil {
 		srv.Delete(context.WithoutCancel(ctx), name)
-		return fmt.Errorf("starting %s on %s: %w", name, server, err)
+		undo()
+		return netip.Addr{}, fmt.Errorf("starting %s on %s: %w", name, server, err)
 	}
-	return nil
+	if len(spec.Networks) > 0 {
+		return spec.Networks[0].Address.Addr(), nil
+	}
+	return netip.Addr{}, nil
 }
 
 // waitHealthy waits until replica r runs its health check successfully,
@@ -508,14 +554,20 @@ func (c *Controller) waitHealthy(ctx context.Context, d *Deployment, r replica) 
 	}
 }
 
-// remove stops and deletes replica r.
-func (c *Controller) remove(ctx context.Context, job string, r replica, reason string) error {
+// remove takes replica r of d out of traffic, stops and deletes it, and
+// gives its address back.
+func (c *Controller) remove(ctx context.Context, d *Deployment, r replica, reason string) error {
 	if err := c.fence(ctx); err != nil {
 		return err
 	}
 	srv, err := c.cl.Server(r.server)
 	if err != nil {
 		return err
+	}
+	for _, t := range c.opts.Traffic {
+		if err := t.Remove(ctx, d.Name, r.endpoint(d)); err != nil {
+			return fmt.Errorf("taking %s out of traffic: %w", r.name, err)
+		}
 	}
 	if r.running {
 		if err := srv.Stop(ctx, r.name, 10*time.Second); err != nil && !errors.Is(err, errcode.FailedPrecondition) {
@@ -525,7 +577,12 @@ func (c *Controller) remove(ctx context.Context, job string, r replica, reason s
 	if err := srv.Delete(ctx, r.name); err != nil && !errors.Is(err, errcode.NotFound) {
 		return fmt.Errorf("deleting %s on %s: %w", r.name, r.server, err)
 	}
-	c.emit(Event{Job: job, Action: Removed, Replica: r.name, Server: r.server, Reason: reason})
+	if d.Network != "" && r.addr.IsValid() {
+		if err := c.opts.Networks.Detach(ctx, d.Network, r.name); err != nil && !errors.Is(err, errcode.NotFound) {
+			return fmt.Errorf("giving back the address of %s: %w", r.name, err)
+		}
+	}
+	c.emit(Event{Job: d.Name, Action: Removed, Replica: r.name, Server: r.server, Reason: reason})
 	return nil
 }
 
