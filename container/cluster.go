@@ -285,6 +285,7 @@ type Phase string
 // The phases of a transfer, in order; a failed transfer ends with
 // PhaseRollback.
 const (
+	PhasePreCopy  Phase = "precopy"  // copying the running source (PreCopy)
 	PhaseStop     Phase = "stop"     // stopping the source container
 	PhaseTransfer Phase = "transfer" // streaming it to the target
 	PhaseStart    Phase = "start"    // starting it on the target
@@ -349,6 +350,12 @@ type TransferOptions struct {
 	// Progress receives events from the transferring goroutine; it must
 	// not block for long.
 	Progress func(Event)
+	// PreCopy copies a running source while it runs, then stops it and
+	// copies only what changed, so it is down only for that last pass.
+	// Relay only, and both servers' drivers must implement
+	// driver.PreCopier; else errcode.Unimplemented before anything
+	// changes. The commit is the target's CommitStaged.
+	PreCopy bool
 	// FinishTimeout bounds the steps that ignore the caller's
 	// cancellation: a Move's steps after its commit, and the rollback of
 	// a failed transfer. They retry an unreachable server until then
@@ -433,7 +440,13 @@ func (c *Cluster) transfer(ctx context.Context, name, from, to string, opts *Tra
 	if o.Rename != "" {
 		t.target = o.Rename
 	}
-	if t.stream, err = t.streamer(); err != nil {
+	if o.PreCopy {
+		err = t.preCopiers()
+	}
+	if err == nil {
+		t.stream, err = t.streamer()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("%s container %q from %q to %q: %w", op, name, from, to, err)
 	}
 	wasRunning, err := t.check(ctx)
@@ -455,6 +468,8 @@ type transfer struct {
 	opts               TransferOptions
 	bytes              atomic.Int64 // archive bytes streamed so far (see Event.Bytes)
 	streamed           bool         // the target may hold some of the container
+	// src and dst as PreCopiers if opts.PreCopy, else nil.
+	preSrc, preDst driver.PreCopier
 	// stream streams the stopped source to the target, named target
 	// there, in the transfer's mode.
 	stream func(ctx context.Context, target string) error
@@ -499,9 +514,20 @@ func (t *transfer) check(ctx context.Context) (wasRunning bool, err error) {
 	return before.State == Running, nil
 }
 
-// copyToTarget stops the source if it runs and streams it to the target.
+// copyToTarget stops the source if it runs and streams it to the target;
+// with PreCopy, it copies a running source first and then what changed.
 // On success the target holds a complete, stopped copy.
 func (t *transfer) copyToTarget(ctx context.Context, wasRunning bool) error {
+	preCopy := wasRunning && t.preSrc != nil
+	var base *image.Index
+	if preCopy {
+		t.emit(PhasePreCopy, nil)
+		t.streamed = true
+		var err error
+		if base, err = t.stage(ctx, nil); err != nil {
+			return err
+		}
+	}
 	if wasRunning {
 		t.emit(PhaseStop, nil)
 		if err := t.src.Stop(ctx, t.name, t.opts.StopTimeout); err != nil {
@@ -510,7 +536,37 @@ func (t *transfer) copyToTarget(ctx context.Context, wasRunning bool) error {
 	}
 	t.emit(PhaseTransfer, nil)
 	t.streamed = true
-	return t.stream(ctx, t.target)
+	if !preCopy {
+		return t.stream(ctx, t.target)
+	}
+	if _, err := t.stage(ctx, base); err != nil {
+		return err
+	}
+	return t.dst.call(ctx, "commit staged", t.target, func() error {
+		_, err := t.preDst.CommitStaged(ctx, t.target)
+		return err
+	})
+}
+
+// stage streams a pre-copy pass against base into the target's staged
+// copy and returns its Index.
+func (t *transfer) stage(ctx context.Context, base *image.Index) (ix *image.Index, err error) {
+	err = t.dst.call(ctx, "stage", t.target, func() (err error) {
+		ix, err = driver.PipeChanges(ctx, t.preSrc, t.name, base, t.preDst, t.target, t.progress)
+		return err
+	})
+	return ix, err
+}
+
+// preCopiers sets preSrc and preDst, or returns errcode.Unimplemented.
+func (t *transfer) preCopiers() (err error) {
+	if t.opts.Mode != Relay {
+		return errcode.New(errcode.Unimplemented, "PreCopy takes the relay mode only, not %v", t.opts.Mode)
+	}
+	if t.preSrc, err = capability[driver.PreCopier](Relay, t.from, t.src); err == nil {
+		t.preDst, err = capability[driver.PreCopier](Relay, t.to, t.dst)
+	}
+	return err
 }
 
 func (t *transfer) copy(ctx context.Context, wasRunning bool) (*Info, error) {
@@ -592,8 +648,14 @@ func (t *transfer) rollback(ctx context.Context, cause error, wasRunning bool) e
 	return t.fail(joinErrors(errs...), t.from, leftover)
 }
 
-// removeTarget stops and deletes the target's copy.
+// removeTarget drops the target's staged copy, if any, and stops and
+// deletes its copy.
 func (t *transfer) removeTarget(ctx context.Context) error {
+	if t.preDst != nil {
+		if err := t.preDst.DropStaged(ctx, t.target); err != nil {
+			return err
+		}
+	}
 	if err := t.dst.Stop(ctx, t.target, t.opts.StopTimeout); err != nil {
 		return err
 	}

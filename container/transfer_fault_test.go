@@ -103,6 +103,24 @@ func (f *flaky) Pull(ctx context.Context, source, name, rename string, progress 
 	return info, err
 }
 
+func (f *flaky) ExportChanges(ctx context.Context, name string, base *image.Index, w io.Writer) error {
+	return f.do(func() error { return f.peered.ExportChanges(ctx, name, base, w) })
+}
+
+func (f *flaky) Stage(ctx context.Context, r io.Reader, name string) (ix *image.Index, err error) {
+	err = f.do(func() error { ix, err = f.peered.Stage(ctx, r, name); return err })
+	return ix, err
+}
+
+func (f *flaky) CommitStaged(ctx context.Context, name string) (info *driver.Info, err error) {
+	err = f.do(func() error { info, err = f.peered.CommitStaged(ctx, name); return err })
+	return info, err
+}
+
+func (f *flaky) DropStaged(ctx context.Context, name string) error {
+	return f.do(func() error { return f.peered.DropStaged(ctx, name) })
+}
+
 // injection is a fault injected when a transfer reports its event number
 // at: the caller's context cancelled, or a server's agent crashing.
 type injection struct {
@@ -128,32 +146,49 @@ func TestTransferFaults(t *testing.T) {
 		op := map[bool]string{false: "copy", true: "move"}[move]
 		t.Run(op, func(t *testing.T) {
 			transferModes(t, func(t *testing.T, mode container.TransferMode) {
-				events := len(transferEvents(t, mode, move))
-				for at := range events {
-					injections := []injection{{at: at, cancel: true}}
-					for _, server := range []string{"a", "b"} {
-						for _, f := range []fault{crashBefore, crashAfter, dead} {
-							injections = append(injections, injection{at: at, server: server, fault: f})
-						}
-					}
-					for _, in := range injections {
-						t.Run(in.String(), func(t *testing.T) {
-							t.Parallel()
-							testTransferFault(t, mode, move, in)
-						})
-					}
-				}
+				testTransferFaults(t, &container.TransferOptions{Mode: mode}, move)
 			})
 		})
 	}
 }
 
+// TestPreCopyFaults is TestTransferFaults for pre-copy transfers, whose
+// staged copy and commit add steps.
+func TestPreCopyFaults(t *testing.T) {
+	for _, move := range []bool{false, true} {
+		t.Run(map[bool]string{false: "copy", true: "move"}[move], func(t *testing.T) {
+			testTransferFaults(t, &container.TransferOptions{PreCopy: true}, move)
+		})
+	}
+}
+
+// testTransferFaults injects every fault at every event of a transfer
+// with base's options.
+func testTransferFaults(t *testing.T, base *container.TransferOptions, move bool) {
+	events := len(transferEvents(t, base, move))
+	for at := range events {
+		injections := []injection{{at: at, cancel: true}}
+		for _, server := range []string{"a", "b"} {
+			for _, f := range []fault{crashBefore, crashAfter, dead} {
+				injections = append(injections, injection{at: at, server: server, fault: f})
+			}
+		}
+		for _, in := range injections {
+			t.Run(in.String(), func(t *testing.T) {
+				t.Parallel()
+				testTransferFault(t, base, move, in)
+			})
+		}
+	}
+}
+
 // transferEvents returns the events of a transfer without faults.
-func transferEvents(t *testing.T, mode container.TransferMode, move bool) []container.Event {
+func transferEvents(t *testing.T, base *container.TransferOptions, move bool) []container.Event {
 	cl, _ := newFaultCluster(t, func(p *peered) peer { return &flaky{peered: p} })
 	var events []container.Event
-	opts := &container.TransferOptions{Mode: mode, Progress: func(e container.Event) { events = append(events, e) }}
-	if _, err := transferOp(cl, move)(context.Background(), "web", "a", "b", opts); err != nil {
+	opts := *base
+	opts.Progress = func(e container.Event) { events = append(events, e) }
+	if _, err := transferOp(cl, move)(context.Background(), "web", "a", "b", &opts); err != nil {
 		t.Fatal(err)
 	}
 	return events
@@ -166,7 +201,7 @@ func transferOp(cl *container.Cluster, move bool) func(context.Context, string, 
 	return cl.Copy
 }
 
-func testTransferFault(t *testing.T, mode container.TransferMode, move bool, in injection) {
+func testTransferFault(t *testing.T, base *container.TransferOptions, move bool, in injection) {
 	servers := map[string]*flaky{}
 	cl, data := newFaultCluster(t, func(p *peered) peer {
 		f := &flaky{peered: p}
@@ -176,7 +211,9 @@ func testTransferFault(t *testing.T, mode container.TransferMode, move bool, in 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	n := 0
-	opts := &container.TransferOptions{Mode: mode, FinishTimeout: 100 * time.Millisecond, Progress: func(e container.Event) {
+	opts := *base
+	opts.FinishTimeout = 100 * time.Millisecond
+	opts.Progress = func(e container.Event) {
 		if n == in.at {
 			if in.cancel {
 				cancel()
@@ -185,8 +222,8 @@ func testTransferFault(t *testing.T, mode container.TransferMode, move bool, in 
 			}
 		}
 		n++
-	}}
-	info, err := transferOp(cl, move)(ctx, "web", "a", "b", opts)
+	}
+	info, err := transferOp(cl, move)(ctx, "web", "a", "b", &opts)
 	for _, s := range servers {
 		s.set(healthy)
 	}
@@ -218,7 +255,7 @@ func testTransferFault(t *testing.T, mode container.TransferMode, move bool, in 
 	if err == nil {
 		want := map[string]bool{"a": !move, "b": true}
 		if holds["a"] != want["a"] || holds["b"] != want["b"] || info == nil || info.State != container.Running {
-			t.Fatalf("a successful %v left copies %v (info %+v), want %v", mode, holds, info, want)
+			t.Fatalf("a successful %+v left copies %v (info %+v), want %v", *base, holds, info, want)
 		}
 		return
 	}
@@ -257,7 +294,7 @@ func newFaultCluster(t *testing.T, wrap func(*peered) peer) (*container.Cluster,
 			t.Fatal(err)
 		}
 	}
-	for _, prog := range []string{"cat", "tee"} { // memcontainer runs them, if the image has them
+	for _, prog := range []string{"cat", "tee", "rm", "chmod", "ln"} { // memcontainer runs them, if the image has them
 		if err := os.WriteFile(filepath.Join(src, "bin", prog), []byte("#!\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}

@@ -106,6 +106,31 @@ type Transferer interface {
 	Import(ctx context.Context, r io.Reader, rename string) (*Info, error)
 }
 
+// PreCopier is implemented by drivers that copy a container while it
+// runs, in passes of package image's pre-copy format (image.WriteChanges),
+// so that a move stops it only for the last pass.
+type PreCopier interface {
+	// ExportChanges writes a pass of the container name, running or not,
+	// to w: the whole container if base is nil, else what changed against
+	// base, the Index of the target's staged copy. The metadata wrapped in
+	// the pass's image.Changes is the Spec as JSON.
+	ExportChanges(ctx context.Context, name string, base *image.Index, w io.Writer) error
+	// Stage applies a pass to the staged copy name, the container's name
+	// here whatever the pass's spec says, and returns the copy's Index. A
+	// first pass creates the staged copy: errcode.AlreadyExists if name
+	// has a container or a staged copy. A later pass needs it:
+	// errcode.FailedPrecondition if there is none. A staged copy is no
+	// container: Get and List do not see it. On any other error the
+	// staged copy is removed.
+	Stage(ctx context.Context, r io.Reader, name string) (*image.Index, error)
+	// CommitStaged makes the staged copy name a stopped container.
+	// errcode.NotFound if there is none, errcode.AlreadyExists if the
+	// name has a container.
+	CommitStaged(ctx context.Context, name string) (*Info, error)
+	// DropStaged removes the staged copy name; nil if there is none.
+	DropStaged(ctx context.Context, name string) error
+}
+
 // Endpoint is implemented by remote drivers (agent.Client): drivers that
 // reach their server over the network, at an address other servers of the
 // cluster can reach it at too. Push and Pull are given such addresses.

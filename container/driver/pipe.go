@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"sync"
+
+	"github.com/musterkit/muster/container/image"
 )
 
 // progressInterval is how many archive bytes Pipe streams between two
@@ -24,12 +26,27 @@ const progressInterval = 4 << 20
 // server implements Pusher or Puller with a Transferer of its own and a
 // remote one.
 func Pipe(ctx context.Context, src Transferer, name string, dst Transferer, rename string, progress func(bytes int64)) (*Info, error) {
+	return pipe(ctx, func(ctx context.Context, w io.Writer) error { return src.Export(ctx, name, w) },
+		func(ctx context.Context, r io.Reader) (*Info, error) { return dst.Import(ctx, r, rename) }, progress)
+}
+
+// PipeChanges streams a pre-copy pass of the container name, as Pipe
+// does, from src's ExportChanges against base into dst's Stage of the
+// staged copy target, and returns the staged copy's Index.
+// On a failure dst keeps no staged copy.
+func PipeChanges(ctx context.Context, src PreCopier, name string, base *image.Index, dst PreCopier, target string, progress func(bytes int64)) (*image.Index, error) {
+	return pipe(ctx, func(ctx context.Context, w io.Writer) error { return src.ExportChanges(ctx, name, base, w) },
+		func(ctx context.Context, r io.Reader) (*image.Index, error) { return dst.Stage(ctx, r, target) }, progress)
+}
+
+// pipe streams export into imp (see Pipe).
+func pipe[T any](ctx context.Context, export func(context.Context, io.Writer) error, imp func(context.Context, io.Reader) (T, error), progress func(bytes int64)) (T, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
 	exported := make(chan error, 1)
 	go func() {
-		err := src.Export(ctx, name, pw)
+		err := export(ctx, pw)
 		pw.CloseWithError(err) // nil closes cleanly: the importer sees EOF
 		if err != nil {
 			cancel()
@@ -37,7 +54,7 @@ func Pipe(ctx context.Context, src Transferer, name string, dst Transferer, rena
 		exported <- err
 	}()
 	counter := &countingReader{r: pr, progress: progress}
-	info, err := dst.Import(ctx, counter, rename)
+	out, err := imp(ctx, counter)
 	// The importer may hand the stream to a goroutine that outlives it.
 	counter.stop(err == nil)
 	pr.CloseWithError(errImportEnded) // unblock the exporter
@@ -49,9 +66,10 @@ func Pipe(ctx context.Context, src Transferer, name string, dst Transferer, rena
 		exportErr = nil // a consequence of the import's end, not a cause
 	}
 	if err := errors.Join(exportErr, err); err != nil {
-		return nil, err
+		var zero T
+		return zero, err
 	}
-	return info, nil
+	return out, nil
 }
 
 var errImportEnded = errors.New("the import ended before the export")

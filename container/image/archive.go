@@ -32,12 +32,18 @@ const treePrefix = "rootfs/"
 // progress, if not nil, is called on the calling goroutine with the total
 // bytes written to w so far. An error leaves w with an incomplete stream
 // that ReadArchive rejects.
-func WriteArchive(ctx context.Context, w io.Writer, root string, meta []byte, progress func(written int64)) (err error) {
+func WriteArchive(ctx context.Context, w io.Writer, root string, meta []byte, progress func(written int64)) error {
 	r, err := os.OpenRoot(root)
 	if err != nil {
 		return fsErr(err)
 	}
 	defer r.Close()
+	return writeTree(ctx, w, r, meta, progress, nil)
+}
+
+// writeTree writes the tree of r: every entry if pass is nil, else a
+// pre-copy pass's (see WriteChanges).
+func writeTree(ctx context.Context, w io.Writer, r *os.Root, meta []byte, progress func(written int64), pass *changeFilter) (err error) {
 	aw, err := newArchiveWriter(&progressWriter{w: w, fn: progress}, meta)
 	if err != nil {
 		return err
@@ -49,43 +55,87 @@ func WriteArchive(ctx context.Context, w io.Writer, root string, meta []byte, pr
 	}()
 	links := make(map[fileID]string)
 	err = fs.WalkDir(r.FS(), ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+		if err == nil {
+			err = ctx.Err()
 		}
-		if err := ctx.Err(); err != nil {
-			return err
+		var info fs.FileInfo
+		if err == nil {
+			info, err = d.Info()
 		}
-		info, err := d.Info()
-		if err != nil {
-			return err
+		var hdr *tar.Header
+		if err == nil {
+			hdr, err = treeHeader(r, p, info, links)
 		}
-		hdr, err := treeHeader(r, p, info, links)
+		if pass != nil && vanished(err) && p != "." {
+			return nil // gone: the next pass sends what replaced it
+		}
 		if hdr == nil || err != nil {
 			return err
+		}
+		if pass != nil && pass.skip(treeKey(p), hdr, info.Sys().(*syscall.Stat_t)) {
+			return nil
 		}
 		if hdr.Typeflag != tar.TypeReg || hdr.Size == 0 {
 			return aw.add(hdr, nil)
 		}
-		f, err := r.Open(p)
+		f, err := openSame(r, p, info)
 		if err != nil {
 			return err
 		}
+		if f == nil {
+			if pass == nil {
+				return fmt.Errorf("%s changed while being archived", p)
+			}
+			delete(links, inode(info)) // the next pass sends what replaced it
+			return nil
+		}
 		defer f.Close()
-		if fi, err := f.Stat(); err != nil || !os.SameFile(fi, info) {
-			return fmt.Errorf("%s changed while being archived", p)
+		if pass != nil {
+			return aw.add(hdr, io.MultiReader(f, zeros{}))
 		}
 		return aw.add(hdr, f)
 	})
 	if err != nil {
-		return fmt.Errorf("archive %s: %w", root, err)
+		return fmt.Errorf("archive %s: %w", r.Name(), err)
 	}
 	return aw.close()
 }
 
+// openSame opens the file at p if it is still the one info describes,
+// else returns nil.
+func openSame(r *os.Root, p string, info fs.FileInfo) (*os.File, error) {
+	f, err := r.Open(p)
+	if vanished(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil || !os.SameFile(fi, info) {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// zeros reads as endless zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
 type fileID struct{ dev, ino uint64 }
 
+func inode(info fs.FileInfo) fileID {
+	st := info.Sys().(*syscall.Stat_t)
+	return fileID{uint64(st.Dev), st.Ino}
+}
+
 // treeHeader returns the tar header of the file at p, or nil for a file
-// type that is not archived. links maps inodes with several links to the
+// type that is not archived. links, if not nil, maps inodes with several links to the
 // entry name they were first written as.
 func treeHeader(r *os.Root, p string, info fs.FileInfo, links map[fileID]string) (*tar.Header, error) {
 	st, ok := info.Sys().(*syscall.Stat_t)
@@ -111,8 +161,8 @@ func treeHeader(r *os.Root, p string, info fs.FileInfo, links map[fileID]string)
 	case mode.IsRegular():
 		hdr.Typeflag = tar.TypeReg
 		hdr.Size = info.Size()
-		if st.Nlink > 1 {
-			id := fileID{uint64(st.Dev), st.Ino}
+		if st.Nlink > 1 && links != nil {
+			id := inode(info)
 			if first, ok := links[id]; ok {
 				hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
 			} else {

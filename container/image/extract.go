@@ -140,6 +140,9 @@ type extractor struct {
 	chown   bool
 	buf     []byte
 	written int64
+	// replace has an entry replace what the tree holds at its path,
+	// unless both are directories (ApplyArchive).
+	replace bool
 }
 
 // dirMeta is a directory's metadata, applied after its contents.
@@ -152,12 +155,18 @@ type dirMeta struct {
 
 func (x *extractor) entry(e *Entry, content io.Reader) error {
 	name := e.Path
+	keep, err := x.clear(e)
+	if err != nil {
+		return err
+	}
 	switch e.Type {
 	case TypeDir:
 		if name == "" {
 			name = "."
-		} else if err := x.root.Mkdir(name, 0o700); err != nil {
-			return err
+		} else if !keep {
+			if err := x.root.Mkdir(name, 0o700); err != nil {
+				return err
+			}
 		}
 		x.dirs = append(x.dirs, dirMeta{name: name, mode: e.Mode, uid: e.UID, gid: e.GID, mtime: e.ModTime})
 	case TypeFile:
@@ -179,6 +188,25 @@ func (x *extractor) entry(e *Entry, content io.Reader) error {
 		return x.root.Link(e.Target, name)
 	}
 	return nil
+}
+
+// clear removes what the tree holds at e's path if x.replace, unless
+// both are directories: then keep is true. The scanner has checked that
+// every parent is a directory of the archive, so Lstat follows no link.
+func (x *extractor) clear(e *Entry) (keep bool, err error) {
+	if !x.replace || e.Path == "" {
+		return e.Path == "", nil
+	}
+	fi, err := x.root.Lstat(e.Path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, err
+	case fi.IsDir() && e.Type == TypeDir:
+		return true, nil
+	}
+	return false, x.root.RemoveAll(e.Path)
 }
 
 func (x *extractor) file(e *Entry, content io.Reader) error {

@@ -2,8 +2,10 @@ package memcontainer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"slices"
@@ -159,10 +161,67 @@ var builtins = map[string]func(x *execution, args []string) int{
 		fmt.Fprintln(x.stdout, dir)
 		return 0
 	},
+	"rm": func(x *execution, args []string) int {
+		return x.edit("rm", args, 1, func(t tree, args []string) error {
+			for _, a := range args {
+				if n, ok := t[x.abs(a)]; !ok || n.mode.IsDir() {
+					return fmt.Errorf("cannot remove %s: not a file", a)
+				}
+				delete(t, x.abs(a))
+			}
+			return nil
+		})
+	},
+	"chmod": func(x *execution, args []string) int {
+		return x.edit("chmod", args, 2, func(t tree, args []string) error {
+			mode, err := strconv.ParseUint(args[0], 8, 12)
+			if err != nil {
+				return fmt.Errorf("invalid mode %q", args[0])
+			}
+			for _, a := range args[1:] {
+				n, ok := t[x.abs(a)]
+				if !ok {
+					return fmt.Errorf("%s: No such file or directory", a)
+				}
+				cp := *n
+				cp.mode = n.mode&^fs.ModePerm | fs.FileMode(mode)&fs.ModePerm
+				t[x.abs(a)] = &cp
+			}
+			return nil
+		})
+	},
+	// ln -sf TARGET NAME makes NAME a symlink to TARGET, replacing a file.
+	"ln": func(x *execution, args []string) int {
+		return x.edit("ln", args, 3, func(t tree, args []string) error {
+			if len(args) != 3 || args[0] != "-sf" {
+				return errors.New("usage: ln -sf TARGET NAME")
+			}
+			p := x.abs(args[2])
+			if n, ok := t[p]; ok && n.mode.IsDir() {
+				return fmt.Errorf("%s: Is a directory", args[2])
+			}
+			t[p] = &node{mode: fs.ModeSymlink | 0o777, target: args[1], mtime: time.Now()}
+			return nil
+		})
+	},
 	"hostname": func(x *execution, args []string) int {
 		fmt.Fprintln(x.stdout, x.name)
 		return 0
 	},
+}
+
+// edit runs f, a change of the container's tree by the program prog, on
+// args (at least min of them) and reports its error as prog would.
+func (x *execution) edit(prog string, args []string, min int, f func(tree, []string) error) int {
+	err := fmt.Errorf("missing operand")
+	if len(args) >= min {
+		err, _ = withFS(x.d, x.name, func(t tree) (error, bool) { return f(t, args), true })
+	}
+	if err != nil {
+		fmt.Fprintf(x.stderr, "%s: %v\n", prog, err)
+		return 1
+	}
+	return 0
 }
 
 func (x *execution) copyOut(r io.Reader) int {

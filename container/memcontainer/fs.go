@@ -172,8 +172,9 @@ func readContent(r io.Reader, size int64) ([]byte, error) {
 	return data, nil
 }
 
-// writeArchive writes t, with meta first, in package image's format.
-func writeArchive(w io.Writer, t tree, meta []byte) error {
+// writeArchive writes t, with meta first, in package image's format,
+// leaving out the entries skip, if not nil, reports true for.
+func writeArchive(w io.Writer, t tree, meta []byte, skip func(p string, n *node) bool) error {
 	zw, err := zstd.NewWriter(w, zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return err
@@ -187,6 +188,9 @@ func writeArchive(w io.Writer, t tree, meta []byte) error {
 	}
 	for _, p := range slices.Sorted(maps.Keys(t)) {
 		n := t[p]
+		if skip != nil && skip(p, n) {
+			continue
+		}
 		h := &tar.Header{Name: "rootfs" + p, Mode: int64(n.mode.Perm()), Uid: n.uid, Gid: n.gid, ModTime: n.mtime}
 		switch {
 		case n.mode.IsDir():

@@ -69,6 +69,7 @@ type Driver struct {
 
 	mu         sync.Mutex
 	containers map[string]*ctr
+	staged     map[string]*staged         // pre-copies in progress, by name
 	images     map[string]*image.Manifest // by name
 	blobs      map[string][]byte          // by digest
 	nextPID    int
@@ -81,6 +82,7 @@ var (
 	_ driver.Images      = (*Driver)(nil)
 	_ driver.Snapshotter = (*Driver)(nil)
 	_ driver.Transferer  = (*Driver)(nil)
+	_ driver.PreCopier   = (*Driver)(nil)
 	_ driver.Host        = (*Driver)(nil)
 	_ driver.Autostarter = (*Driver)(nil)
 )
@@ -105,6 +107,7 @@ type snapshot struct {
 func New(opts *Options) *Driver {
 	d := &Driver{
 		containers: map[string]*ctr{},
+		staged:     map[string]*staged{},
 		images:     map[string]*image.Manifest{},
 		blobs:      map[string][]byte{},
 		nextPID:    1000,

@@ -110,7 +110,7 @@ func (d *Driver) Export(ctx context.Context, name string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return writeArchive(w, fs, meta)
+	return writeArchive(w, fs, meta, nil)
 }
 
 // Import implements driver.Transferer.
@@ -122,20 +122,11 @@ func (d *Driver) Import(ctx context.Context, r io.Reader, rename string) (*drive
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	if meta == nil {
-		return nil, errcode.New(errcode.InvalidArgument, "import: the archive holds no container spec")
-	}
-	var spec driver.Spec
-	if err := json.Unmarshal(meta, &spec); err != nil {
-		return nil, errcode.New(errcode.InvalidArgument, "import: container spec: %w", err)
-	}
-	if rename != "" {
-		spec.Name = rename
-		fs.writeFile("/etc/hostname", []byte(rename+"\n"), 0o644)
-	}
-	if err := spec.Validate(); err != nil {
+	spec, err := importSpec(meta, rename)
+	if err != nil {
 		return nil, err
 	}
+	setHostname(fs, meta, spec.Name)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if _, ok := d.containers[spec.Name]; ok {
@@ -144,6 +135,31 @@ func (d *Driver) Import(ctx context.Context, r io.Reader, rename string) (*drive
 	c := &ctr{spec: spec, state: driver.Stopped, created: d.opts.Now(), fs: fs}
 	d.containers[spec.Name] = c
 	return d.info(c), nil
+}
+
+// importSpec returns the spec of an imported container from the archive's
+// metadata, named rename if that is not empty.
+func importSpec(meta []byte, rename string) (driver.Spec, error) {
+	var spec driver.Spec
+	if meta == nil {
+		return spec, errcode.New(errcode.InvalidArgument, "import: the archive holds no container spec")
+	}
+	if err := json.Unmarshal(meta, &spec); err != nil {
+		return spec, errcode.New(errcode.InvalidArgument, "import: container spec: %w", err)
+	}
+	if rename != "" {
+		spec.Name = rename
+	}
+	return spec, spec.Validate()
+}
+
+// setHostname writes name into fs's /etc/hostname if the container
+// described by meta, a valid spec, had another name.
+func setHostname(fs tree, meta []byte, name string) {
+	var was driver.Spec
+	if json.Unmarshal(meta, &was) == nil && was.Name != name {
+		fs.writeFile("/etc/hostname", []byte(name+"\n"), 0o644)
+	}
 }
 
 func (d *Driver) stopped(name string) (*ctr, error) {
