@@ -34,6 +34,10 @@ type Deployment struct {
 	Image  string            `json:"image"`
 	Mounts []container.Mount `json:"mounts,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
+	// Start, if set, is a command run in each replica once it runs (a
+	// service that puts itself in the background, as busybox httpd does);
+	// it must exit 0.
+	Start []string `json:"start,omitempty"`
 	// Health, if set, is a command run in a replica: exit status 0 means
 	// healthy. Without it a running replica is healthy.
 	Health []string `json:"health,omitempty"`
@@ -57,7 +61,7 @@ type Update struct {
 // Version is what tells a deployment's replicas from those of another
 // version of it: a digest of everything a replica is made of.
 func (d *Deployment) Version() string {
-	b, _ := json.Marshal([]any{d.Image, d.Mounts, d.Labels, d.Health, d.Resources, d.Network, d.Port})
+	b, _ := json.Marshal([]any{d.Image, d.Mounts, d.Labels, d.Start, d.Health, d.Resources, d.Network, d.Port})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:6])
 }
@@ -522,15 +526,25 @@ func (c *Controller) create(ctx context.Context, d *Deployment, server, name, ve
 	return netip.Addr{}, nil
 }
 
-// waitHealthy waits until replica r runs its health check successfully,
-// within HealthTimeout.
+// waitHealthy runs d's Start in replica r, then waits until r passes its
+// health check, within HealthTimeout.
 func (c *Controller) waitHealthy(ctx context.Context, d *Deployment, r replica) error {
-	if len(d.Health) == 0 {
-		return nil
-	}
 	srv, err := c.cl.Server(r.server)
 	if err != nil {
 		return err
+	}
+	if len(d.Start) > 0 {
+		var out bytes.Buffer
+		code, err := srv.Exec(ctx, r.name, &container.Process{Args: d.Start, Stdout: &out, Stderr: &out})
+		if err == nil && code != 0 {
+			err = fmt.Errorf("%s exited %d: %s", strings.Join(d.Start, " "), code, bytes.TrimSpace(out.Bytes()))
+		}
+		if err != nil {
+			return fmt.Errorf("starting the service: %w", err)
+		}
+	}
+	if len(d.Health) == 0 {
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.HealthTimeout)
 	defer cancel()

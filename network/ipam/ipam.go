@@ -36,6 +36,9 @@ type state struct {
 	Subnet netip.Prefix            `json:"subnet"`
 	Ranges map[string]netip.Prefix `json:"ranges,omitempty"` // by server
 	Leases map[string]netip.Addr   `json:"leases,omitempty"` // by owner
+	// Last is the address last leased in each range, by range: the next
+	// lease starts after it.
+	Last map[string]netip.Addr `json:"last,omitempty"`
 }
 
 // Options configure Open. The zero value is usable.
@@ -96,10 +99,13 @@ func (p *Pool) ReleaseRange(server string) error {
 	})
 }
 
-// Lease returns owner's address, allocating the lowest free host address
-// of within the first time: never within's network address, its first host
-// address (the gateway, which servers' bridges hold) or, in IPv4, its
-// broadcast address. within must lie in the subnet. errcode.Unavailable
+// Lease returns owner's address, allocating the first time the first free
+// host address of within after the one it leased last, wrapping around
+// (so that an address just released is not handed out again at once,
+// while peers may still hold its old MAC address in their neighbour
+// tables): never within's network address, its first host address (the
+// gateway, which servers' bridges hold) or, in IPv4, its broadcast
+// address. within must lie in the subnet. errcode.Unavailable
 // when within is full; errcode.FailedPrecondition if owner holds an
 // address outside within.
 func (p *Pool) Lease(owner string, within netip.Prefix) (netip.Addr, error) {
@@ -119,14 +125,22 @@ func (p *Pool) Lease(owner string, within netip.Prefix) (netip.Addr, error) {
 		for _, a := range s.Leases {
 			used[a] = true
 		}
-		last := lastAddr(within)
-		for a := within.Addr().Next().Next(); a.IsValid() && within.Contains(a); a = a.Next() {
-			if a.Is4() && a == last {
-				break
-			}
-			if !used[a] {
-				s.Leases[owner], out = a, a
-				return nil
+		first, last := within.Addr().Next().Next(), lastAddr(within)
+		usable := func(a netip.Addr) bool { return a.IsValid() && within.Contains(a) && !(a.Is4() && a == last) }
+		start := first
+		if prev, ok := s.Last[within.String()]; ok && usable(prev.Next()) {
+			start = prev.Next()
+		}
+		// From start to the end of the range, then from its first address.
+		for _, from := range []netip.Addr{start, first} {
+			for a := from; usable(a); a = a.Next() {
+				if !used[a] {
+					if s.Last == nil {
+						s.Last = map[string]netip.Addr{}
+					}
+					s.Leases[owner], s.Last[within.String()], out = a, a, a
+					return nil
+				}
 			}
 		}
 		return errcode.New(errcode.Unavailable, "ipam: %v has no free address", within)

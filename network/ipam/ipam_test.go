@@ -182,3 +182,34 @@ func FuzzLeases(f *testing.F) {
 		}
 	})
 }
+
+// TestReleasedAddressIsNotReusedAtOnce: leases go round the range, so an
+// address just released (whose old MAC address peers may still cache) is
+// handed out again only after the others; a full range still finds it.
+func TestReleasedAddressIsNotReusedAtOnce(t *testing.T) {
+	p := open(t, filepath.Join(t.TempDir(), "ipam.json"), "198.19.0.0/29", nil)
+	within := netip.MustParsePrefix("198.19.0.0/29") // hosts .2 to .6 (.1 gateway, .7 broadcast)
+	lease := func(owner string) string {
+		t.Helper()
+		a, err := p.Lease(owner, within)
+		if err != nil {
+			t.Fatalf("Lease(%s): %v", owner, err)
+		}
+		return a.String()
+	}
+	if a, b := lease("a"), lease("b"); a != "198.19.0.2" || b != "198.19.0.3" {
+		t.Fatalf("first leases %s, %s", a, b)
+	}
+	p.Release("a")
+	if c := lease("c"); c != "198.19.0.4" {
+		t.Fatalf("after releasing .2 the next lease is %s; want .4, not the released .2", c)
+	}
+	lease("d")
+	lease("e")
+	if f := lease("f"); f != "198.19.0.2" {
+		t.Fatalf("at the end of the range the lease is %s; want .2, wrapping round", f)
+	}
+	if _, err := p.Lease("g", within); !errors.Is(err, errcode.Unavailable) {
+		t.Fatalf("a full range: %v", err)
+	}
+}
