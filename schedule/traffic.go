@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/musterkit/muster/container"
+	discdriver "github.com/musterkit/muster/discovery/driver"
 	"github.com/musterkit/muster/errcode"
 	lbdriver "github.com/musterkit/muster/lb/driver"
 )
@@ -69,6 +70,30 @@ func (p *balancerPool) Remove(ctx context.Context, job string, e Endpoint) error
 	case <-time.After(p.drain):
 	}
 	if err := p.b.RemoveServer(ctx, job, e.Replica); err != nil && !errors.Is(err, errcode.NotFound) {
+		return err
+	}
+	return nil
+}
+
+// Registry publishes each job's replicas in a service registry under the
+// job's name (discovery's <job>.service.<domain>) as they become healthy,
+// with check (nil: none), and deregisters a leaving one before it stops.
+// r is a discovery driver: memdiscovery, consul, or an agent's
+// (agent.Client.Discovery).
+func Registry(r discdriver.Driver, check *discdriver.Check) Traffic { return registry{r, check} }
+
+type registry struct {
+	r     discdriver.Driver
+	check *discdriver.Check
+}
+
+func (g registry) Add(ctx context.Context, job string, e Endpoint) error {
+	return g.r.Register(ctx, &discdriver.Instance{ID: e.Replica, Service: job, Address: e.Address.String(), Port: e.Port,
+		Meta: map[string]string{"server": e.Server}, Check: g.check})
+}
+
+func (g registry) Remove(ctx context.Context, _ string, e Endpoint) error {
+	if err := g.r.Deregister(ctx, e.Replica); err != nil && !errors.Is(err, errcode.NotFound) {
 		return err
 	}
 	return nil

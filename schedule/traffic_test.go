@@ -9,6 +9,8 @@ import (
 	"github.com/musterkit/muster/container"
 	"github.com/musterkit/muster/container/drivertest"
 	"github.com/musterkit/muster/container/memcontainer"
+	discdriver "github.com/musterkit/muster/discovery/driver"
+	"github.com/musterkit/muster/discovery/memdiscovery"
 	lbdriver "github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/lb/memlb"
 	"github.com/musterkit/muster/network"
@@ -17,7 +19,7 @@ import (
 )
 
 // TestRollingUpgradeBehindBalancer: replicas on a network behind a
-// balancer's pool. Through an upgrade, at every step the pool has at
+// balancer's pool and published in a registry. Through an upgrade, at every step the pool has at
 // least 6 servers taking traffic, each a running, healthy replica at its
 // address, and removed ones leave the pool (drained first).
 func TestRollingUpgradeBehindBalancer(t *testing.T) {
@@ -73,8 +75,10 @@ func TestRollingUpgradeBehindBalancer(t *testing.T) {
 			bad = fmt.Errorf("after %s %s: %d servers take traffic", ev.Action, ev.Replica, ready)
 		}
 	}
+	reg := memdiscovery.New(nil)
+	t.Cleanup(func() { reg.Close() })
 	checking := false
-	c := NewController(cl, &ControllerOptions{Networks: fab, Traffic: []Traffic{BalancerPool(lb, 0)}, Events: func(ev Event) {
+	c := NewController(cl, &ControllerOptions{Networks: fab, Traffic: []Traffic{BalancerPool(lb, 0), Registry(reg, nil)}, Events: func(ev Event) {
 		if checking {
 			check(ev)
 		}
@@ -101,6 +105,20 @@ func TestRollingUpgradeBehindBalancer(t *testing.T) {
 	if n := len(cfg.Pools[0].Servers); n != 6 {
 		t.Fatalf("after the upgrade the pool has %d servers: %+v", n, cfg.Pools[0].Servers)
 	}
+	// The registry lists the same 6 replicas.
+	insts, err := reg.Resolve(ctx, discdriver.Query{Service: "web"})
+	if err != nil || len(insts) != 6 {
+		t.Fatalf("the registry resolves web to %+v, %v", insts, err)
+	}
+	inPool := map[string]string{}
+	for _, s := range cfg.Pools[0].Servers {
+		inPool[s.Name] = s.Address
+	}
+	for _, in := range insts {
+		if inPool[in.ID] != in.Address || in.Port != 8080 {
+			t.Fatalf("registered %+v; the pool has %v", in, inPool)
+		}
+	}
 	// Scaling to zero drains and removes every replica from the pool.
 	zero := d2
 	zero.Replicas = 0
@@ -109,5 +127,8 @@ func TestRollingUpgradeBehindBalancer(t *testing.T) {
 	}
 	if cfg, _ := lb.Config(ctx); len(cfg.Pools[0].Servers) != 0 {
 		t.Fatalf("after scaling to zero the pool has %+v", cfg.Pools[0].Servers)
+	}
+	if insts, _ := reg.Resolve(ctx, discdriver.Query{Service: "web", Critical: true}); len(insts) != 0 {
+		t.Fatalf("after scaling to zero the registry has %+v", insts)
 	}
 }
