@@ -1,6 +1,6 @@
 module github.com/musterkit/muster/examples/tcplb
 
-go 1.26.7
+go 1.26.8
 
 require github.com/musterkit/muster v0.0.0-00010101000000-000000000000
 
