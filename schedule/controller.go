@@ -337,6 +337,26 @@ func (e *unhealthyError) Error() string {
 	return fmt.Sprintf("replica %s is not healthy: %v", e.replica, e.err)
 }
 
+// classify splits job's replicas into those of version that run (cur),
+// the others (old), both on servers that answer and so can be changed,
+// and counts those on servers that do not answer (within their grace):
+// counted, not touched.
+func (w *world) classify(job, version string) (cur, old []replica, pendingCur, pendingOld int) {
+	for _, r := range w.replicas[job] {
+		switch {
+		case !w.answered[r.server] && r.version == version:
+			pendingCur++
+		case !w.answered[r.server]:
+			pendingOld++
+		case r.version == version && r.running:
+			cur = append(cur, r)
+		default:
+			old = append(old, r)
+		}
+	}
+	return cur, old, pendingCur, pendingOld
+}
+
 // converge runs d's replicas until exactly d.Replicas of its version run
 // and no other: each step starts what the surge allows, waits until the
 // new replicas are healthy, then removes old or excess ones down to what
@@ -353,22 +373,7 @@ func (c *Controller) converge(ctx context.Context, d *Deployment) error {
 		if err != nil {
 			return err
 		}
-		// cur and old can be changed; pending are on servers that do
-		// not answer (within their grace): counted, not touched.
-		var cur, old []replica
-		pendingCur, pendingOld := 0, 0
-		for _, r := range w.replicas[d.Name] {
-			switch {
-			case !w.answered[r.server] && r.version == version:
-				pendingCur++
-			case !w.answered[r.server]:
-				pendingOld++
-			case r.version == version && r.running:
-				cur = append(cur, r)
-			default:
-				old = append(old, r)
-			}
-		}
+		cur, old, pendingCur, pendingOld := w.classify(d.Name, version)
 		curN, oldN := len(cur)+pendingCur, len(old)+pendingOld
 		switch {
 		case curN < d.Replicas:
@@ -408,30 +413,96 @@ func (c *Controller) converge(ctx context.Context, d *Deployment) error {
 	}
 }
 
-// start places n new replicas of d and starts them, then waits until each
-// is healthy.
-func (c *Controller) start(ctx context.Context, d *Deployment, w *world, n int, version string) error {
+// place returns where n more replicas of d would go, given what runs on
+// the servers that answer.
+func (c *Controller) place(w *world, d *Deployment, n int) (*Plan, error) {
 	var running []Replica
-	taken := map[string]bool{}
+	have := 0
 	for job, rs := range w.replicas {
 		for _, r := range rs {
-			taken[r.name] = true
 			if w.answered[r.server] {
 				running = append(running, Replica{Job: job, Server: r.server})
+				if job == d.Name {
+					have++
+				}
 			}
 		}
 	}
 	job := d.Job
-	have := 0
-	for _, r := range running {
-		if r.Job == job.Name {
-			have++
+	job.Replicas = have + n
+	return Place(w.servers, running, []Job{job}, &c.opts.Placement)
+}
+
+// Change is what reconciling a deployment would do, shown before it is
+// done (Controller.Plan).
+type Change struct {
+	Job     string `json:"job"`
+	Version string `json:"version"`
+	// Running counts the job's replicas by version, as now.
+	Running map[string]int `json:"running"`
+	// Start is how many replicas of Version are to start, Replace how
+	// many of other versions they replace, Remove how many are in excess.
+	Start   int `json:"start"`
+	Replace int `json:"replace"`
+	Remove  int `json:"remove"`
+	// Placed is where the first step would start replicas, with why;
+	// Unplaced what fits nowhere now.
+	Placed   []Decision `json:"placed,omitempty"`
+	Unplaced []Unplaced `json:"unplaced,omitempty"`
+}
+
+// Plan returns what Reconcile would do to deps, changing nothing: each
+// deployment's replicas by version, how many to start, replace and
+// remove, and where the first replicas would go given what runs now (an
+// upgrade's later steps place on servers its first steps free).
+// Invalid deployments are errcode.InvalidArgument, as for Reconcile.
+func (c *Controller) Plan(ctx context.Context, deps []Deployment) ([]Change, error) {
+	for i := range deps {
+		if err := deps[i].Validate(); err != nil {
+			return nil, err
 		}
 	}
-	job.Replicas = have + n
-	plan, err := Place(w.servers, running, []Job{job}, &c.opts.Placement)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w, err := c.observe(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Change
+	for i := range deps {
+		d := &deps[i]
+		version := d.Version()
+		cur, old, pendingCur, pendingOld := w.classify(d.Name, version)
+		ch := Change{Job: d.Name, Version: version, Running: map[string]int{}, Replace: len(old) + pendingOld}
+		for _, r := range w.replicas[d.Name] {
+			ch.Running[r.version]++
+		}
+		curN := len(cur) + pendingCur
+		ch.Start, ch.Remove = max(0, d.Replicas-curN), max(0, curN-d.Replicas)
+		if ch.Start > 0 {
+			plan, err := c.place(w, d, ch.Start)
+			if err != nil {
+				return nil, err
+			}
+			ch.Placed, ch.Unplaced = plan.Placed, plan.Unplaced
+		}
+		out = append(out, ch)
+	}
+	return out, nil
+}
+
+// start places n new replicas of d and starts them, then waits until each
+// is healthy.
+func (c *Controller) start(ctx context.Context, d *Deployment, w *world, n int, version string) error {
+	plan, err := c.place(w, d, n)
 	if err != nil {
 		return err
+	}
+	taken := map[string]bool{}
+	for _, rs := range w.replicas {
+		for _, r := range rs {
+			taken[r.name] = true
+		}
 	}
 	for _, u := range plan.Unplaced {
 		c.emit(Event{Job: d.Name, Action: Unplaceable, Reason: u.String()})

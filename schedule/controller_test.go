@@ -269,3 +269,41 @@ func TestControllerRefusesBadDeployments(t *testing.T) {
 		t.Fatalf("refused deployments left %d replicas", total)
 	}
 }
+
+// TestPlan shows what Reconcile would do and changes nothing.
+func TestPlan(t *testing.T) {
+	ctx := t.Context()
+	cl, _ := testCluster(t)
+	c := NewController(cl, nil)
+	v1 := web(6, "1")
+	if err := c.Reconcile(ctx, []Deployment{v1}); err != nil {
+		t.Fatal(err)
+	}
+	plan := func(d Deployment) Change {
+		t.Helper()
+		chs, err := c.Plan(ctx, []Deployment{d})
+		if err != nil || len(chs) != 1 {
+			t.Fatalf("Plan = %+v, %v", chs, err)
+		}
+		return chs[0]
+	}
+	if ch := plan(v1); ch.Start+ch.Replace+ch.Remove != 0 || ch.Running[v1.Version()] != 6 {
+		t.Fatalf("nothing to do: %+v", ch)
+	}
+	v2 := web(6, "2")
+	if ch := plan(v2); ch.Start != 6 || ch.Replace != 6 || ch.Remove != 0 || len(ch.Placed) != 6 || ch.Version != v2.Version() {
+		t.Fatalf("an upgrade: %+v", ch)
+	}
+	if ch := plan(web(4, "1")); ch.Remove != 2 || ch.Start != 0 {
+		t.Fatalf("scaling down: %+v", ch)
+	}
+	if ch := plan(web(40, "1")); ch.Start != 34 || len(ch.Unplaced) != 1 || ch.Unplaced[0].Count+len(ch.Placed) != 34 {
+		t.Fatalf("more than fits: %+v", ch)
+	}
+	if running, total := jobReplicas(t, cl, "web"); total != 6 || len(running[v1.Version()]) != 6 {
+		t.Fatalf("Plan changed the cluster: %v, %d", running, total)
+	}
+	if _, err := c.Plan(ctx, []Deployment{web(-1, "1")}); !errors.Is(err, errcode.InvalidArgument) {
+		t.Fatalf("Plan of an invalid deployment: %v", err)
+	}
+}
