@@ -387,9 +387,14 @@ func (c *Controller) converge(ctx context.Context, d *Deployment) error {
 				return errcode.New(errcode.Unavailable, "waiting for servers that do not answer, which hold %d old replicas", pendingOld)
 			}
 			if n <= 0 {
-				// No room to surge: take an old one out first, within
-				// MaxUnavailable.
-				if err := c.remove(ctx, d, old[0], "making room for the upgrade (max unavailable)"); err != nil {
+				// The surge is used up: an old replica goes before the
+				// next new one starts. Above Replicas, a new one has
+				// replaced it; at or below, it goes within MaxUnavailable.
+				reason := "replaced by version " + version
+				if curN+oldN <= d.Replicas {
+					reason = "making room for version " + version + " (max unavailable)"
+				}
+				if err := c.remove(ctx, d, pickOld(old), reason); err != nil {
 					return err
 				}
 				continue

@@ -263,6 +263,9 @@ func flow(ctx context.Context, e *env) error {
 		if err := share(ctx, e); err != nil {
 			return err
 		}
+		if err := job(ctx, e); err != nil {
+			return err
+		}
 	}
 	return rotateAndRevoke(ctx)
 }
