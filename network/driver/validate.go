@@ -120,9 +120,9 @@ func ValidatePeers(spec *Spec, peers []Peer) error {
 	underlays := map[netip.Addr]string{}
 	keys := map[string]string{}
 	endpoints := map[netip.Addr]string{}
-	ranges := map[netip.Prefix]string{} // layer-3 ranges taken, by owner
+	var ranges []ownedRange // layer-3 ranges taken
 	if !spec.Mode.vxlan() {
-		ranges[spec.Local.Masked()] = "this server's range"
+		ranges = append(ranges, ownedRange{spec.Local.Masked(), "this server's range"})
 	}
 	for _, p := range peers {
 		if err := names.Label(p.Name); err != nil {
@@ -144,18 +144,38 @@ func ValidatePeers(spec *Spec, peers []Peer) error {
 		}
 		keys[p.PublicKey] = p.Name
 		if p.Range.IsValid() {
-			for r, owner := range ranges {
-				if r.Overlaps(p.Range) {
-					return errcode.New(errcode.InvalidArgument, "peer %q range %s overlaps %s %s", p.Name, p.Range, owner, r)
-				}
-			}
-			ranges[p.Range] = fmt.Sprintf("peer %q's range", p.Name)
+			ranges = append(ranges, ownedRange{p.Range, fmt.Sprintf("peer %q's range", p.Name)})
 		}
 		for _, e := range p.Endpoints {
 			if other, ok := endpoints[e.Address]; ok {
 				return errcode.New(errcode.InvalidArgument, "peers %q and %q both list endpoint %s", other, p.Name, e.Address)
 			}
 			endpoints[e.Address] = p.Name
+		}
+	}
+	return overlapping(ranges)
+}
+
+// ownedRange is a layer-3 range and, for messages, whose it is.
+type ownedRange struct {
+	prefix netip.Prefix
+	owner  string
+}
+
+// overlapping returns an error naming two of ranges that overlap, if any:
+// in O(n log n), since CIDR ranges overlap only by one holding the other,
+// so that, sorted by first address (the wider first), any overlap shows
+// between neighbours.
+func overlapping(ranges []ownedRange) error {
+	slices.SortFunc(ranges, func(a, b ownedRange) int {
+		if c := a.prefix.Addr().Compare(b.prefix.Addr()); c != 0 {
+			return c
+		}
+		return a.prefix.Bits() - b.prefix.Bits()
+	})
+	for i := 1; i < len(ranges); i++ {
+		if a, b := ranges[i-1], ranges[i]; a.prefix.Overlaps(b.prefix) {
+			return errcode.New(errcode.InvalidArgument, "%s %s overlaps %s %s", b.owner, b.prefix, a.owner, a.prefix)
 		}
 	}
 	return nil
