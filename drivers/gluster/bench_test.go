@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/musterkit/muster/internal/mountinfo"
 	"github.com/musterkit/muster/storage/driver"
 )
 
@@ -114,7 +115,7 @@ func mountByHand(b *testing.B, d *Driver, cfg *driver.Config, dir string) {
 	}
 	b.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		if e, ok := mountAt("/proc/self/mountinfo", dir); ok && e.fstype == "fuse.glusterfs" {
+		if e, ok := mountinfo.At("/proc/self/mountinfo", dir); ok && e.FSType == "fuse.glusterfs" {
 			if _, err := os.Stat(dir); err == nil {
 				return
 			}
@@ -173,7 +174,7 @@ func BenchmarkCreateMounted(b *testing.B) {
 			}
 			b.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
 			for {
-				if e, ok := mountAt("/proc/self/mountinfo", dir); ok && e.fstype == "fuse.glusterfs" {
+				if e, ok := mountinfo.At("/proc/self/mountinfo", dir); ok && e.FSType == "fuse.glusterfs" {
 					if _, err := os.Stat(dir); err == nil {
 						break
 					}

@@ -1,7 +1,6 @@
 package gluster
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/internal/daemon"
+	"github.com/musterkit/muster/internal/mountinfo"
 	"github.com/musterkit/muster/storage/driver"
 )
 
@@ -92,12 +92,12 @@ func (m *mounter) argv(cfg *driver.Config, mnt driver.Mount) []string {
 // would mount it, and answers; a mount that does not is ended.
 func (m *mounter) adopt(ctx context.Context, cfg *driver.Config, mnt driver.Mount) bool {
 	p := m.path(mnt.Volume)
-	e, mounted := mountAt("/proc/self/mountinfo", p)
+	e, mounted := mountinfo.At("/proc/self/mountinfo", p)
 	pid := m.pid(mnt.Volume)
 	if !mounted && pid == 0 {
 		return false
 	}
-	if mounted && e.fstype == "fuse.glusterfs" && pid != 0 && e.readOnly == mnt.ReadOnly &&
+	if mounted && e.FSType == "fuse.glusterfs" && pid != 0 && e.ReadOnly == mnt.ReadOnly &&
 		bytes.Equal(cmdline(pid), []byte(strings.Join(m.argv(cfg, mnt), "\x00")+"\x00")) {
 		// A client reconnects to restarted bricks within seconds.
 		deadline := time.Now().Add(m.opts.PingTimeout + 5*time.Second)
@@ -141,7 +141,7 @@ func (m *mounter) mount(ctx context.Context, cfg *driver.Config, mnt driver.Moun
 	}
 	deadline := time.Now().Add(m.opts.Timeout)
 	for {
-		if e, ok := mountAt("/proc/self/mountinfo", p); ok && e.fstype == "fuse.glusterfs" && m.healthy(p) {
+		if e, ok := mountinfo.At("/proc/self/mountinfo", p); ok && e.FSType == "fuse.glusterfs" && m.healthy(p) {
 			m.log.InfoContext(ctx, "gluster: mounted", "volume", mnt.Volume, "path", p, "pid", proc.Pid(), "readOnly", mnt.ReadOnly)
 			return nil
 		}
@@ -172,7 +172,7 @@ func (m *mounter) mount(ctx context.Context, cfg *driver.Config, mnt driver.Moun
 // errcode.FailedPrecondition unless force, which detaches it lazily.
 func (m *mounter) unmount(ctx context.Context, volume string, force bool) error {
 	p := m.path(volume)
-	if _, mounted := mountAt("/proc/self/mountinfo", p); mounted {
+	if _, mounted := mountinfo.At("/proc/self/mountinfo", p); mounted {
 		err := syscall.Unmount(p, 0)
 		if errors.Is(err, syscall.EBUSY) && force {
 			err = syscall.Unmount(p, syscall.MNT_DETACH)
@@ -274,45 +274,10 @@ func (m *mounter) status(cfg *driver.Config) []driver.MountStatus {
 	out := []driver.MountStatus{}
 	for _, mnt := range cfg.Mounts {
 		p := m.path(mnt.Volume)
-		e, ok := mountAt("/proc/self/mountinfo", p)
-		out = append(out, driver.MountStatus{Mount: mnt, Path: p, Healthy: ok && e.fstype == "fuse.glusterfs" && m.healthy(p)})
+		e, ok := mountinfo.At("/proc/self/mountinfo", p)
+		out = append(out, driver.MountStatus{Mount: mnt, Path: p, Healthy: ok && e.FSType == "fuse.glusterfs" && m.healthy(p)})
 	}
 	return out
-}
-
-// mountEntry is a line of a mountinfo file.
-type mountEntry struct {
-	fstype   string
-	readOnly bool
-}
-
-// mountAt returns the last mount at mountpoint p in mountinfo file info.
-func mountAt(info, p string) (mountEntry, bool) {
-	f, err := os.Open(info)
-	if err != nil {
-		return mountEntry{}, false
-	}
-	defer f.Close()
-	var e mountEntry
-	found := false
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(fields) < 6 || sep < 0 || sep+1 >= len(fields) || fields[4] != p {
-			continue
-		}
-		e = mountEntry{fstype: fields[sep+1], readOnly: strings.HasPrefix(fields[5], "ro")}
-		found = true
-	}
-	return e, found
 }
 
 // readFrom returns what file holds after offset (at most 64 KiB).

@@ -19,6 +19,7 @@ import (
 	"github.com/google/renameio/v2"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/mountinfo"
 	"github.com/musterkit/muster/names"
 	"github.com/musterkit/muster/storage/driver"
 )
@@ -500,8 +501,8 @@ func (d *Driver) topEntries(ctx context.Context, volume string) ([]string, error
 
 // isFuse reports whether mnt is a glusterfs mount in pid's mount namespace.
 func isFuse(pid int, mnt string) bool {
-	e, ok := mountAt(fmt.Sprintf("/proc/%d/mountinfo", pid), mnt)
-	return ok && e.fstype == "fuse.glusterfs"
+	e, ok := mountinfo.At(fmt.Sprintf("/proc/%d/mountinfo", pid), mnt)
+	return ok && e.FSType == "fuse.glusterfs"
 }
 
 // ReplaceMember moves every brick of member old to newMember, a server

@@ -33,7 +33,6 @@
 package moosefs
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -59,6 +58,7 @@ import (
 	"github.com/musterkit/muster/errcode"
 	"github.com/musterkit/muster/internal/confpath"
 	"github.com/musterkit/muster/internal/daemon"
+	"github.com/musterkit/muster/internal/mountinfo"
 	"github.com/musterkit/muster/namespace"
 	"github.com/musterkit/muster/storage/driver"
 )
@@ -715,7 +715,7 @@ func (d *Driver) adopt(ctx context.Context, m driver.Mount) (bool, error) {
 	if mi == nil {
 		return false, nil
 	}
-	if mi.readOnly == m.ReadOnly {
+	if mi.ReadOnly == m.ReadOnly {
 		deadline := time.Now().Add(d.opts.MountTimeout)
 		for {
 			if d.healthy(ctx, path) == nil {
@@ -811,53 +811,13 @@ func awaitMountExit(path string, timeout time.Duration) {
 	}
 }
 
-// mountInfo is a mount of the caller's mount namespace.
-type mountInfo struct{ readOnly bool }
-
-// mountedAt returns the MooseFS mount at path (the last one mounted
-// there), nil if none.
-func (d *Driver) mountedAt(path string) *mountInfo {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
+// mountedAt returns the MooseFS mount that shows at path, if any.
+func (d *Driver) mountedAt(path string) *mountinfo.Mount {
+	m, ok := mountinfo.At("/proc/self/mountinfo", path)
+	if !ok || m.FSType != "fuse" || !strings.HasPrefix(m.Source, "mfs#") {
 		return nil
 	}
-	defer f.Close()
-	var found *mountInfo
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		// id parent dev root mountpoint options ... - fstype source super
-		f := strings.Fields(sc.Text())
-		sep := slices.Index(f, "-")
-		if len(f) < 6 || sep < 0 || sep+2 >= len(f) || unescape(f[4]) != path {
-			continue
-		}
-		if f[sep+1] == "fuse" && strings.HasPrefix(unescape(f[sep+2]), "mfs#") {
-			found = &mountInfo{readOnly: slices.Contains(strings.Split(f[5], ","), "ro")}
-		} else {
-			found = nil
-		}
-	}
-	return found
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return &m
 }
 
 // healthy checks that the file system at path answers a statfs within

@@ -69,7 +69,7 @@ func (d *Driver) Status(ctx context.Context) (*driver.Status, error) {
 		path := d.MountPath(m.Volume)
 		mi := d.mountedAt(path)
 		st.Mounts = append(st.Mounts, driver.MountStatus{Mount: m, Path: path,
-			Healthy: mi != nil && mi.readOnly == m.ReadOnly && d.healthy(ctx, path) == nil})
+			Healthy: mi != nil && mi.ReadOnly == m.ReadOnly && d.healthy(ctx, path) == nil})
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
