@@ -3,15 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
+	"github.com/musterkit/muster/internal/fleet"
 	lbdriver "github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/schedule"
 )
@@ -54,43 +52,19 @@ func job(ctx context.Context, e *env) error {
 	}
 
 	step("upgrading the job to v2 while a client sends requests through HAProxy")
-	url := fmt.Sprintf("http://%s:8081/", s2.Host.Addr)
-	client := &http.Client{Timeout: 5 * time.Second}
-	var mu sync.Mutex
-	answers, failed := map[string]int{}, 0
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			resp, err := client.Get(url)
-			var body []byte
-			if err == nil {
-				body, err = io.ReadAll(resp.Body)
-				resp.Body.Close()
-			}
-			mu.Lock()
-			if err != nil || resp.StatusCode != http.StatusOK {
-				failed++
-			} else {
-				answers[strings.Fields(string(body))[1]]++
-			}
-			mu.Unlock()
-		}
-	}()
+	load := fleet.StartLoad(fmt.Sprintf("http://%s:8081/", s2.Host.Addr))
 	err := ctrl.Reconcile(ctx, []schedule.Deployment{shop("v2")})
-	close(stop)
-	<-done
+	r := load.Stop()
 	if err != nil {
 		return err
 	}
-	mu.Lock()
-	fmt.Printf("  %d requests during the upgrade, %d failed: %d answered by v1, %d by v2\n", answers["v1"]+answers["v2"]+failed, failed, answers["v1"], answers["v2"])
-	mu.Unlock()
+	byRelease := map[string]int{}
+	for body, n := range r.Answers {
+		if f := strings.Fields(body); len(f) > 1 {
+			byRelease[f[1]] += n
+		}
+	}
+	fmt.Printf("  %d requests during the upgrade, %d failed: %d answered by v1, %d by v2\n", r.OK+r.Failed, r.Failed, byRelease["v1"], byRelease["v2"])
 	all, err := e.containers.Containers(ctx)
 	if err != nil {
 		return err

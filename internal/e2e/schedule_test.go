@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/musterkit/muster/errcode"
+	"github.com/musterkit/muster/internal/fleet"
 	lbdriver "github.com/musterkit/muster/lb/driver"
 	"github.com/musterkit/muster/schedule"
 )
@@ -61,50 +58,14 @@ func TestJobBehindHAProxy(t *testing.T) {
 	}
 
 	// A client through HAProxy for the rest of the test.
-	url := fmt.Sprintf("http://%s:8080/", s0.Host.Addr)
-	client := &http.Client{Timeout: 5 * time.Second}
-	var ok, failed atomic.Int64
-	var firstErr error
-	var mu sync.Mutex
-	seen := map[string]int{}
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			resp, err := client.Get(url)
-			var body []byte
-			if err == nil {
-				body, err = io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil && resp.StatusCode != http.StatusOK {
-					err = fmt.Errorf("status %s", resp.Status)
-				}
-			}
-			mu.Lock()
-			if err != nil {
-				failed.Add(1)
-				if firstErr == nil {
-					firstErr = err
-				}
-			} else {
-				ok.Add(1)
-				seen[string(body)]++
-			}
-			mu.Unlock()
-		}
-	}()
-	for deadline := time.Now().Add(30 * time.Second); ok.Load() < 10; time.Sleep(100 * time.Millisecond) {
+	load := fleet.StartLoad(fmt.Sprintf("http://%s:8080/", s0.Host.Addr))
+	for deadline := time.Now().Add(30 * time.Second); load.Result().OK < 10; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("HAProxy does not serve the job: %d ok, %d failed, %v", ok.Load(), failed.Load(), firstErr)
+			r := load.Stop()
+			t.Fatalf("HAProxy does not serve the job: %d ok, %d failed, %v", r.OK, r.Failed, r.FirstErr)
 		}
 	}
-	failed.Store(0)
+	load.Reset()
 
 	v2 := web("v2", serve("v2"))
 	if err := c.Reconcile(ctx, []schedule.Deployment{v2}); err != nil {
@@ -117,15 +78,12 @@ func TestJobBehindHAProxy(t *testing.T) {
 		t.Fatalf("an upgrade to a failing version: %v", err)
 	}
 	time.Sleep(time.Second)
-	close(stop)
-	<-done
-	mu.Lock()
-	defer mu.Unlock()
-	t.Logf("%d requests through HAProxy during the upgrade and the rollback, %d failed; answers %v", ok.Load(), failed.Load(), seen)
-	if failed.Load() != 0 {
-		t.Fatalf("%d requests failed (first: %v)", failed.Load(), firstErr)
+	r := load.Stop()
+	t.Logf("%d requests through HAProxy during the upgrade and the rollback, %d failed; answers %v", r.OK+r.Failed, r.Failed, r.Answers)
+	if r.Failed != 0 {
+		t.Fatalf("%d requests failed (first: %v)", r.Failed, r.FirstErr)
 	}
-	if seen["v2\n"] == 0 {
+	if r.Answers["v2"] == 0 {
 		t.Fatal("no request reached v2")
 	}
 	cfg, err := bal.Config(ctx)
