@@ -493,8 +493,16 @@ func testRestart(t *testing.T, s *suite) {
 			t.Fatalf("after a restart %s reads %d bytes, %v", s.servers[i].Name, len(got), err)
 		}
 	}
-	if vs := s.volumeStatus(t, "data"); vs.Health != driver.Healthy {
-		t.Fatalf("after a restart the volume is %s", vs.Health)
+	// The restarted daemons find each other again within seconds (chunk
+	// servers report their chunks, bricks reconnect).
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		vs := s.volumeStatus(t, "data")
+		if vs.Health == driver.Healthy {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after a restart the volume is %s", vs.Health)
+		}
 	}
 }
 
